@@ -1,0 +1,3 @@
+"""dequant: dequantization and color transfer with diffusion models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,19 @@
+"""Train a dequantization diffusion model: `python train.py experiment=demo` (see README.md)."""
+
+import hydra
+from omegaconf import DictConfig
+
+import dequant.config  # noqa: F401  (registers the config resolvers)
+from dequant.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the optimized metric for sweepers (optuna) when `optimized_metric` is set."""
+    result = train(cfg)
+    metric = cfg.get("optimized_metric")
+    return result["metrics"].get(metric) if metric else None
+
+
+if __name__ == "__main__":
+    main()
