@@ -6,10 +6,6 @@ import kornia.color as kc
 import torch
 from torch import Tensor
 
-# ITU-R BT.601 luma, the weights OpenCV's RGB2GRAY uses.
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
-
-
 def _as_image(x: Tensor) -> tuple[Tensor, str]:
     """View a palette (K, 3) as a (1, 3, K, 1) image so that one code path converts both."""
     if x.ndim == 2 and x.shape[-1] == 3:
@@ -50,7 +46,9 @@ def hsv_to_rgb(x: Tensor) -> Tensor:
 
 
 def rgb_to_gray255(image: Tensor) -> Tensor:
-    """Gray on the uint8 scale (0-255, float) from RGB in [0, 1]: BT.601 luma of the 8-bit image; keeps the channel dim."""
-    u8 = torch.round(image.float() * 255.0)
-    w = torch.tensor(_GRAY_WEIGHTS, dtype=u8.dtype, device=u8.device).view(3, 1, 1)
-    return (u8 * w).sum(dim=-3, keepdim=True)
+    """Gray on the uint8 scale (0-255, integer-valued float) from RGB in [0, 1], bit-exact with OpenCV's RGB2GRAY."""
+    u8 = torch.round(image.float().clamp(0, 1) * 255.0).to(torch.int32)
+    # OpenCV's fixed-point BT.601 (weights scaled by 2^15, rounded): the authors' cue comes from cv2's uint8 gray.
+    r, g, b = u8.unbind(dim=-3)
+    gray = (r * 9798 + g * 19235 + b * 3735 + 16384) >> 15
+    return gray.unsqueeze(-3).to(image.dtype if image.is_floating_point() else torch.float32)

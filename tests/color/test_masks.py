@@ -1,0 +1,184 @@
+"""Superpixel segmentations and patch masks on small real photos."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+import dequant
+from dequant.color import masks
+from dequant.color.masks import SEGMENTERS, adjacency, mask_from_point, patch_mask, segment
+
+ASSETS = Path(dequant.__file__).parent / "assets" / "images"
+
+
+@pytest.fixture(scope="module")
+def photo() -> torch.Tensor:
+    img = Image.open(ASSETS / "astronaut.jpg").convert("RGB").resize((32, 32), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
+
+
+@pytest.fixture(scope="module")
+def labels(photo) -> dict[str, np.ndarray]:
+    return {m: segment(photo, m).numpy() for m in SEGMENTERS}
+
+
+def is_connected(mask: np.ndarray) -> bool:
+    return ndimage.label(mask)[1] == 1
+
+
+@pytest.mark.parametrize("method", SEGMENTERS)
+def test_segmenters_give_connected_consecutive_labels(labels, method):
+    lab = labels[method]
+    assert lab.shape == (32, 32) and lab.dtype == np.int64
+    k = int(lab.max()) + 1
+    assert k > 1 and set(np.unique(lab)) == set(range(k))
+    assert all(is_connected(lab == s) for s in range(k))
+
+
+def test_segment_returns_tensor(photo):
+    out = segment(photo, "slic")
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.int64
+
+
+def test_fragments_join_a_touching_segment():
+    # A checkerboard: each raw label is four diagonal-only pixels.
+    raw = np.indices((4, 4)).sum(0) % 2
+    merged = masks._connected_segments(raw)
+    k = int(merged.max()) + 1
+    assert set(np.unique(merged)) == set(range(k)) and k < 16
+    assert all(is_connected(merged == s) for s in range(k))
+    intact = np.array([[0, 0, 1], [2, 2, 1]])
+    np.testing.assert_array_equal(masks._connected_segments(intact), masks._pieces(intact))
+
+
+def test_adjacency_matches_brute_force(labels):
+    lab = labels["felzenszwalb"]
+    indptr, neighbours = adjacency(lab)
+    expected = {s: set() for s in range(int(lab.max()) + 1)}
+    h, w = lab.shape
+    for i in range(h):
+        for j in range(w):
+            for di, dj in ((0, 1), (1, 0)):
+                if i + di < h and j + dj < w and lab[i, j] != lab[i + di, j + dj]:
+                    expected[lab[i, j]].add(lab[i + di, j + dj])
+                    expected[lab[i + di, j + dj]].add(lab[i, j])
+    for s, nbrs in expected.items():
+        assert set(neighbours[indptr[s] : indptr[s + 1]].tolist()) == nbrs
+
+
+@pytest.mark.parametrize("method", SEGMENTERS)
+def test_superpixel_masks_connected_nonempty_sized(photo, labels, method):
+    lab = labels[method]
+    k = int(lab.max()) + 1
+    lo, hi = max(1, round(0.01 * k)), min(k - 1, max(1, round(0.15 * k)))
+    for seed in range(6):
+        mask = patch_mask(photo, rng=np.random.default_rng(seed), segmenters=(method,)).numpy()
+        assert mask.shape == (32, 32) and mask.dtype == bool
+        assert mask.any() and not mask.all()
+        assert is_connected(mask)
+        inside = np.unique(lab[mask])
+        assert np.array_equal(np.isin(lab, inside), mask)  # a union of whole segments
+        assert lo <= inside.size <= hi
+
+
+def test_large_fraction_still_proper(photo):
+    mask = patch_mask(photo, rng=np.random.default_rng(0), segmenters=("slic",), frac_range=(1.0, 1.0)).numpy()
+    assert mask.any() and not mask.all() and is_connected(mask)
+
+
+def test_deterministic_for_a_seed(photo):
+    a = [patch_mask(photo, rng=np.random.default_rng(s)) for s in range(4)]
+    b = [patch_mask(photo, rng=s) for s in range(4)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert len({tuple(x.flatten().tolist()) for x in a}) > 1
+
+
+def index_map() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    coarse = rng.integers(0, 3, (8, 8))
+    return np.kron(coarse, np.ones((4, 4), dtype=np.int64))
+
+
+def test_component_masks_are_unions_of_components(photo):
+    index = index_map()
+    components = [ndimage.label(index == c)[0] for c in np.unique(index)]
+    for seed in range(8):
+        mask = patch_mask(photo, index=torch.from_numpy(index), rng=seed, p_superpixel=0.0).numpy()
+        assert mask.any() and not mask.all()
+        for comp in components:
+            for c in range(1, comp.max() + 1):
+                region = comp == c
+                assert mask[region].all() or not mask[region].any()
+
+
+def test_two_components_give_exactly_one(photo):
+    index = np.zeros((32, 32), dtype=np.int64)
+    index[:, 16:] = 1
+    for seed in range(10):
+        mask = patch_mask(photo, index=index, rng=seed, p_superpixel=0.0).numpy()
+        assert mask.sum() == 32 * 16 and (mask[:, :16].all() or mask[:, 16:].all())
+
+
+def test_single_component_index_gives_whole_image(photo):
+    mask = patch_mask(photo, index=np.zeros((32, 32), dtype=np.int64), rng=0, p_superpixel=0.0)
+    assert bool(mask.all())
+
+
+def test_without_index_always_superpixels(photo, labels):
+    mask = patch_mask(photo, rng=0, p_superpixel=0.0, segmenters=("watershed",)).numpy()
+    lab = labels["watershed"]
+    assert is_connected(mask) and np.array_equal(np.isin(lab, np.unique(lab[mask])), mask)
+
+
+def test_mask_from_point(photo, labels):
+    mask = mask_from_point(photo, x=20, y=5, segmenter="slic").numpy()
+    lab = labels["slic"]
+    assert mask[5, 20]
+    np.testing.assert_array_equal(mask, lab == lab[5, 20])
+    with pytest.raises(ValueError, match=r"point \(x=32, y=0\)"):
+        mask_from_point(photo, 32, 0)
+    with pytest.raises(ValueError, match=r"point \(x=0, y=-1\)"):
+        mask_from_point(photo, 0, -1)
+    with pytest.raises(ValueError, match="point"):
+        mask_from_point(photo, 1.5, 0)
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda p: segment(p, "sam"), "method"),
+        (lambda p: segment(p.unsqueeze(0), "slic"), "image"),
+        (lambda p: segment(p[:2], "slic"), "image"),
+        (lambda p: patch_mask(p, rng=None), "rng"),
+        (lambda p: patch_mask(p, rng=0, segmenters=("slic", "grabcut")), "segmenters"),
+        (lambda p: patch_mask(p, rng=0, segmenters=()), "segmenters"),
+        (lambda p: patch_mask(p, rng=0, segmenters="slic"), "segmenters"),
+        (lambda p: patch_mask(p, index=np.zeros((31, 32), dtype=np.int64), rng=0), "index"),
+        (lambda p: patch_mask(p, index=np.zeros((32, 32)), rng=0), "index"),
+        (lambda p: patch_mask(p, rng=0, p_superpixel=1.5), "p_superpixel"),
+        (lambda p: patch_mask(p, rng=0, frac_range=(0.0, 0.1)), "frac_range"),
+        (lambda p: patch_mask(p, rng=0, frac_range=(0.2, 0.1)), "frac_range"),
+        (lambda p: mask_from_point(p, 0, 0, segmenter="x"), "segmenter"),
+    ],
+)
+def test_bad_arguments_name_the_argument(photo, call, name):
+    with pytest.raises(ValueError, match=name):
+        call(photo)
+
+
+@pytest.mark.parametrize("method", SEGMENTERS)
+def test_downscaled_segmentation_stays_connected_and_full_size(method):
+    image = torch.rand(3, 48, 40, generator=torch.Generator().manual_seed(3))
+    labels = segment(image, method, max_side=16).numpy()
+    assert labels.shape == (48, 40)
+    for value in np.unique(labels):
+        _, n = ndimage.label(labels == value)
+        assert n == 1
+    mask = patch_mask(image, rng=np.random.default_rng(0), segmenters=(method,), segment_max_side=16)
+    assert mask.shape == (48, 40) and mask.any()
+    with pytest.raises(ValueError, match="max_side"):
+        segment(image, method, max_side=2)
