@@ -1,0 +1,294 @@
+"""One training example made on the fly from one image (SPEC 1.2-1.7): augment, quantize, mask, texture cue, hint.
+
+Pipeline of `ExampleMaker.__call__`, every random choice drawn from the caller's numpy Generator, in this order:
+1. cap the short side at `max_short_side` (optional; demo configs use it so that small crops show whole objects);
+2. an image smaller than the crop on either side is upscaled so its short side equals the crop (`"upscale"`) or
+   reflect-padded, centred, up to the crop (`"pad"`); otherwise the short side is rescaled to a size drawn uniformly
+   from the integers [crop, short side];
+   resizing is bicubic (OpenCV INTER_CUBIC, clipped to [0, 1]), except that shrinking by more than 2x uses area
+   averaging, because bicubic without a prefilter aliases and aliasing shows up as false texture in the cue;
+3. random crop, horizontal flip p=0.5, gray with `p_gray` (OpenCV BT.601 gray, CIELab L/100, or channel mean, chosen
+   uniformly; replicated to 3 channels), HSV saturation scaled by U[0, 2) with `p_saturation`; the result is the
+   target;
+4. palette size N from `palette_sizes` (drawn for every example, so both modes consume the same stream);
+5. palette mode with probability 1 - `p_patch`: color = the target quantized to N colors; texture kept everywhere or
+   dropped everywhere (`cue.p_drop`);
+   patch mode with probability `p_patch`: a mask from `dequant.color.masks.patch_mask` (superpixels with
+   `p_superpixel`, else components of the N-color index map), filled with the mask's per-channel mean (training) or
+   a uniformly random color (`eval_mode=True`); texture always given outside the mask, dropped inside with
+   `cue.p_drop`;
+6. texture cue of the target, and the 7-channel hint from `dequant.color.hint.hint`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from numbers import Integral, Real
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from dequant.color._checks import check_choice, check_image
+from dequant.color.colorspace import rgb_to_lab
+from dequant.color.cues import TextureCue
+from dequant.color.hint import fill_mask, hint
+from dequant.color.masks import SEGMENTERS, patch_mask
+from dequant.color.quantize import Quantizer
+from dequant.data.palette_sizes import PaletteSizeDistribution, WeightedPowerOfTwo
+
+SMALL_IMAGE_MODES = ("upscale", "pad")
+GRAY_METHODS = ("opencv", "lab_l", "mean")
+STAGES = ("augment", "quantize", "mask", "cue", "hint")
+# BT.601 luma, the weights of OpenCV's RGB2GRAY.
+_GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _check_prob(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _resize(chw: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a (3, H, W) float32 array: bicubic, or area averaging when shrinking by more than 2x; clipped."""
+    h, w = chw.shape[1:]
+    if (h, w) == (height, width):
+        return chw
+    shrink = min(height / h, width / w)
+    interp = cv2.INTER_AREA if shrink < 0.5 else cv2.INTER_CUBIC
+    # One call per channel on contiguous planes avoids an HWC transpose copy of the whole image.
+    out = np.stack([cv2.resize(plane, (width, height), interpolation=interp) for plane in chw])
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _scaled_size(h: int, w: int, short: int) -> tuple[int, int]:
+    """(H, W) rescaled so that the short side is exactly `short`, aspect ratio kept (long side rounded)."""
+    if h <= w:
+        return short, max(short, round(w * short / h))
+    return max(short, round(h * short / w)), short
+
+
+def _to_gray(chw: np.ndarray, method: str) -> np.ndarray:
+    """Gray by one of GRAY_METHODS, replicated to 3 channels."""
+    if method == "opencv":
+        gray = np.tensordot(_GRAY_WEIGHTS, chw, axes=1)
+    elif method == "lab_l":
+        gray = (rgb_to_lab(torch.from_numpy(chw))[0] / 100.0).numpy()
+    else:
+        gray = chw.mean(axis=0)
+    gray = np.clip(gray, 0.0, 1.0).astype(np.float32)
+    return np.repeat(gray[None], 3, axis=0)
+
+
+def _scale_saturation(chw: np.ndarray, factor: float) -> np.ndarray:
+    """Multiply HSV saturation by `factor` (clipped to [0, 1])."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(chw.transpose(1, 2, 0)), cv2.COLOR_RGB2HSV)
+    hsv[..., 1] = np.clip(hsv[..., 1] * factor, 0.0, 1.0)
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return np.clip(rgb, 0.0, 1.0).transpose(2, 0, 1)
+
+
+def _image_array(image: Tensor) -> np.ndarray:
+    """Validate `image` (3, H, W) in [0, 1] and return it as a float32 numpy array (a view when possible)."""
+    if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
+        # check_image words the error; it is only reached for bad input.
+        check_image(image, "image", allow_batch=False)
+        raise ValueError(f"image must be a float tensor of shape (3, H, W), got {getattr(image, 'shape', image)}")
+    if image.shape[1] < 1 or image.shape[2] < 1:
+        raise ValueError(f"image must have at least one pixel, got shape {tuple(image.shape)}")
+    chw = image.detach().cpu().float().numpy()
+    # numpy reductions are ~20x cheaper than torch's on CPU for one image, and this runs on every full-size source.
+    lo, hi = float(chw.min()), float(chw.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-4 or hi > 1 + 1e-4:
+        raise ValueError(f"image values must be finite and lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+    return chw
+
+
+class ExampleMaker:
+    """Makes one (hint, target) training example from one image (SPEC 1.2-1.7; see the module docstring)."""
+
+    def __init__(
+        self,
+        crop_size: int = 64,
+        palette_sizes: PaletteSizeDistribution | None = None,
+        quantizer: Quantizer | None = None,
+        cue: TextureCue | None = None,
+        p_patch: float = 0.5,
+        p_gray: float = 0.1,
+        p_saturation: float = 0.1,
+        p_superpixel: float = 0.9,
+        segmenters: Sequence[str] = SEGMENTERS,
+        mask_frac: Sequence[float] = (0.01, 0.15),
+        segment_max_side: int | None = None,
+        max_short_side: int | None = None,
+        small_image: str = "upscale",
+        profile: bool = False,
+    ) -> None:
+        if isinstance(crop_size, bool) or not isinstance(crop_size, Integral) or crop_size < 1:
+            raise ValueError(f"crop_size must be a positive int, got {crop_size!r}")
+        self.crop_size = int(crop_size)
+        self.palette_sizes = WeightedPowerOfTwo() if palette_sizes is None else palette_sizes
+        if not callable(getattr(self.palette_sizes, "sample", None)):
+            raise ValueError(f"palette_sizes must have a sample(rng) method, got {type(palette_sizes).__name__}")
+        self.quantizer = Quantizer() if quantizer is None else quantizer
+        if not callable(self.quantizer):
+            raise ValueError(f"quantizer must be callable as quantizer(image, n_colors, seed), got {quantizer!r}")
+        self.cue = TextureCue() if cue is None else cue
+        if not all(hasattr(self.cue, a) for a in ("mode", "g_neutral", "keep_texture")) or not callable(self.cue):
+            raise ValueError(f"cue must be a dequant.color.cues.TextureCue, got {type(cue).__name__}")
+        self.p_patch = _check_prob(p_patch, "p_patch")
+        self.p_gray = _check_prob(p_gray, "p_gray")
+        self.p_saturation = _check_prob(p_saturation, "p_saturation")
+        self.p_superpixel = _check_prob(p_superpixel, "p_superpixel")
+        if isinstance(segmenters, str) or len(segmenters) == 0:
+            raise ValueError(
+                f"segmenters must be a non-empty list of names from {list(SEGMENTERS)}, got {segmenters!r}")
+        for name in segmenters:
+            check_choice(name, SEGMENTERS, "segmenters")
+        self.segmenters = tuple(segmenters)
+        if len(mask_frac) != 2 or not 0 < float(mask_frac[0]) <= float(mask_frac[1]) <= 1:
+            raise ValueError(f"mask_frac must be (low, high) with 0 < low <= high <= 1, got {mask_frac!r}")
+        self.mask_frac = (float(mask_frac[0]), float(mask_frac[1]))
+        if segment_max_side is not None and (isinstance(segment_max_side, bool)
+                                             or not isinstance(segment_max_side, Integral) or segment_max_side < 8):
+            raise ValueError(f"segment_max_side must be None or an int >= 8, got {segment_max_side!r}")
+        self.segment_max_side = None if segment_max_side is None else int(segment_max_side)
+        if max_short_side is not None and (
+            isinstance(max_short_side, bool) or not isinstance(max_short_side, Integral)
+            or max_short_side < self.crop_size
+        ):
+            raise ValueError(f"max_short_side must be None or an int >= crop_size ({self.crop_size}), "
+                             f"got {max_short_side!r}")
+        self.max_short_side = None if max_short_side is None else int(max_short_side)
+        self.small_image = check_choice(small_image, SMALL_IMAGE_MODES, "small_image")
+        self.profile = bool(profile)
+        self._times: dict[str, float] = {}
+        self._count = 0
+
+    # ------------------------------------------------------------------------------------------------- timing
+
+    @contextmanager
+    def _stage(self, name: str):
+        if not self.profile:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._times[name] = self._times.get(name, 0.0) + time.perf_counter() - start
+
+    def timings(self) -> dict[str, float]:
+        """Mean seconds per example of each stage since the last reset (needs `profile=True`); empty otherwise."""
+        if self._count == 0:
+            return {}
+        return {s: self._times.get(s, 0.0) / self._count for s in STAGES}
+
+    def reset_timings(self) -> None:
+        """Forget the accumulated stage times."""
+        self._times, self._count = {}, 0
+
+    # ------------------------------------------------------------------------------------------------- stages
+
+    def augment(self, image: Tensor, rng: np.random.Generator) -> tuple[Tensor, dict[str, Any]]:
+        """SPEC 1.2 on one image `(3, H, W)`: rescale, crop, flip, gray, saturation -> (target `(3, S, S)`, meta)."""
+        chw = _image_array(image)
+        s = self.crop_size
+        h, w = chw.shape[1:]
+        meta: dict[str, Any] = {"source_size": (h, w)}
+
+        if self.max_short_side is not None and min(h, w) > self.max_short_side:
+            chw = _resize(chw, *_scaled_size(h, w, self.max_short_side))
+            h, w = chw.shape[1:]
+        if min(h, w) < s:
+            if self.small_image == "upscale":
+                chw = _resize(chw, *_scaled_size(h, w, s))
+            else:
+                ph, pw = max(s - h, 0), max(s - w, 0)
+                chw = np.pad(chw, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
+            meta["short_side"] = s
+        else:
+            short = int(rng.integers(s, min(h, w) + 1))
+            chw = _resize(chw, *_scaled_size(h, w, short))
+            meta["short_side"] = short
+        h, w = chw.shape[1:]
+
+        top, left = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        chw = chw[:, top:top + s, left:left + s]
+        meta["crop"] = (top, left)
+        meta["flip"] = bool(rng.random() < 0.5)
+        if meta["flip"]:
+            chw = chw[:, :, ::-1]
+        # A fresh contiguous array: the input is never modified, and rounding slack below 0 / above 1 goes.
+        chw = np.clip(chw, 0.0, 1.0).astype(np.float32, copy=False)
+
+        meta["gray"] = None
+        if rng.random() < self.p_gray:
+            meta["gray"] = GRAY_METHODS[int(rng.integers(len(GRAY_METHODS)))]
+            chw = _to_gray(chw, meta["gray"])
+        meta["saturation"] = None
+        if rng.random() < self.p_saturation:
+            meta["saturation"] = float(rng.uniform(0.0, 2.0))
+            chw = _scale_saturation(chw, meta["saturation"])
+        return torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32)), meta
+
+    def __call__(self, image: Tensor, rng: np.random.Generator, *, eval_mode: bool = False) -> dict[str, Any]:
+        """One example: `hint (7,S,S)`, `target (3,S,S)`, `mask (S,S)` bool (all False in palette mode),
+        `n_colors` int (the drawn N; in patch mode it only matters for index-map masks), `patch` bool,
+        `keep_texture` bool and `meta` (the augmentation's choices)."""
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        with self._stage("augment"):
+            target, meta = self.augment(image, rng)
+        n_colors = int(self.palette_sizes.sample(rng))
+        patch = bool(rng.random() < self.p_patch)
+        # Seed for quantizers that use one (k-means); drawn always so both modes consume the same stream.
+        q_seed = int(rng.integers(2**31))
+        keep = bool(self.cue.keep_texture(rng))
+        s = self.crop_size
+
+        if patch:
+            superpixel = bool(rng.random() < self.p_superpixel)
+            index = None
+            if not superpixel:
+                # Only index-map masks need the quantization, so 90% of patch examples skip it.
+                with self._stage("quantize"):
+                    index = self.quantizer(target, n_colors, seed=q_seed).index
+            with self._stage("mask"):
+                mask = patch_mask(target, index, rng, p_superpixel=1.0 if superpixel else 0.0,
+                                  segmenters=self.segmenters, frac_range=self.mask_frac,
+                                  segment_max_side=self.segment_max_side)
+                fill = torch.from_numpy(rng.random(3).astype(np.float32)) if eval_mode else None
+                color = fill_mask(target, mask, fill)
+            meta["superpixel"] = superpixel
+        else:
+            with self._stage("quantize"):
+                color = self.quantizer(target, n_colors, seed=q_seed).image
+            mask = torch.zeros((s, s), dtype=torch.bool)
+
+        with self._stage("cue"):
+            needed = keep or patch  # a palette example whose texture is dropped never reads the cue
+            cue = self.cue(target) if needed else torch.zeros((2, s, s), dtype=torch.float32)
+        with self._stage("hint"):
+            h = hint(color, cue, mode="patch" if patch else "palette", n_colors=None if patch else n_colors,
+                     mask=mask if patch else None, keep_texture=keep, cue_mode=self.cue.mode,
+                     g_neutral=self.cue.g_neutral)
+        self._count += 1
+        return {
+            "hint": h.float().contiguous(),
+            "target": target,
+            "mask": mask,
+            "n_colors": n_colors,
+            "patch": patch,
+            "keep_texture": keep,
+            "meta": meta,
+        }
+
+    def __repr__(self) -> str:
+        return (f"ExampleMaker(crop_size={self.crop_size}, palette_sizes={self.palette_sizes!r}, "
+                f"quantizer={self.quantizer!r}, cue={self.cue!r}, p_patch={self.p_patch})")

@@ -1,0 +1,306 @@
+"""Image files: find them, decode them to RGB float tensors, write them atomically, split them reproducibly (SPEC 1.1).
+
+Decoding rules of `load_rgb` (every result is `(3, H, W)` float32 in [0, 1], EXIF orientation applied):
+- 8-bit color and grayscale (RGB, L, 1, YCbCr, CMYK, LAB, ...): Pillow's conversion to RGB, divided by 255.
+- 16-bit images keep their precision: grayscale `I;16*` and 16-bit RGB(A) PNGs (which Pillow would truncate to 8
+  bits, so OpenCV decodes them) are divided by 65535; mode `I` (32-bit int, how Pillow used to open 16-bit
+  grayscale PNGs) is read on the 16-bit scale too. Mode `F` (float) is taken as [0, 1] when its maximum is at most
+  1, else on the 8-bit scale if its maximum is at most 255, else on the 16-bit scale; then clipped.
+- Transparency (RGBA, LA, PA, palettes with a transparent entry) is composited on white: transparent pixels
+  often hold arbitrary colors (frequently black) that no viewer shows, and white is what a viewer shows.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from dequant.color._checks import check_image
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+_GLOB_CHARS = frozenset("*?[")
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_EXIF_ORIENTATION = 0x0112
+
+
+class ImageLoadError(ValueError):
+    """An image file that cannot be decoded; `path` names the file and `reason` says why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot load image {self.path}: {reason}")
+
+    def __reduce__(self):  # keeps the two-argument constructor picklable across DataLoader workers
+        return (type(self), (self.path, self.reason))
+
+
+# ----------------------------------------------------------------------------------------------------- listing
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def _walk_folder(folder: Path) -> list[Path]:
+    """Image files below `folder`, recursively; hidden files and folders (e.g. macOS `._x.jpg`) are skipped."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(root) / f for f in files if not f.startswith(".") and _is_image(Path(root) / f))
+    return found
+
+
+def _expand(entry: str | os.PathLike) -> list[Path]:
+    """The image files one `paths` entry names: a glob pattern, a folder (recursive) or a single file."""
+    text = os.fspath(entry)
+    if not text:
+        raise ValueError("paths contains an empty entry")
+    expanded = os.path.expanduser(text)
+    if any(c in _GLOB_CHARS for c in expanded):
+        found: list[Path] = []
+        for match in sorted(glob.glob(expanded, recursive=True)):
+            p = Path(match)
+            found.extend(_walk_folder(p) if p.is_dir() else [p] if _is_image(p) else [])
+        if not found:
+            raise ValueError(f"paths entry {text!r}: the glob pattern matches no image files")
+        return found
+    p = Path(expanded)
+    if p.is_dir():
+        found = _walk_folder(p)
+        if not found:
+            raise ValueError(f"paths entry {text!r}: the folder holds no image files ({sorted(IMAGE_SUFFIXES)})")
+        return found
+    if p.is_file():
+        # An explicitly named file is kept whatever its suffix: the caller asked for it.
+        return [p]
+    raise ValueError(f"paths entry {text!r}: no such file or folder")
+
+
+def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files named by `paths` (glob patterns, folders searched recursively, files): sorted, de-duplicated."""
+    entries = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    if not isinstance(entries, Sequence) or isinstance(entries, bytes):
+        raise ValueError(f"paths must be a path, a glob pattern or a list of them, got {type(paths).__name__}")
+    if len(entries) == 0:
+        raise ValueError("paths is empty: give a glob pattern, a folder or image files")
+    unique: dict[str, Path] = {}
+    for entry in entries:
+        if not isinstance(entry, (str, os.PathLike)):
+            raise ValueError(f"paths entries must be strings or paths, got {type(entry).__name__}: {entry!r}")
+        for p in _expand(entry):
+            # normpath (not resolve) so that symlinked files keep their own names and the order is by name.
+            key = os.path.normpath(os.path.abspath(p))
+            unique.setdefault(key, Path(key))
+    return [unique[k] for k in sorted(unique)]
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply EXIF orientation 1..8 to an (H, W, C) array, as Pillow's `ImageOps.exif_transpose` does."""
+    if orientation == 2:
+        return array[:, ::-1]
+    if orientation == 3:
+        return array[::-1, ::-1]
+    if orientation == 4:
+        return array[::-1]
+    if orientation == 5:
+        return array.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(array, k=-1)
+    if orientation == 7:
+        return np.rot90(array, k=-1)[::-1]
+    if orientation == 8:
+        return np.rot90(array, k=1)
+    return array
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) float in [0, 1] -> (H, W, 3) over a white background."""
+    alpha = rgba[..., 3:4]
+    return rgba[..., :3] * alpha + (1.0 - alpha)
+
+
+def _is_16bit_color_png(im: Image.Image) -> bool:
+    """Pillow decodes 48/64-bit PNGs to 8-bit RGB(A); the raw mode of its tiles (before `load`) tells the depth."""
+    return im.format == "PNG" and im.mode in ("RGB", "RGBA") and any(
+        str(getattr(t, "args", "")).endswith(";16B") for t in im.tile)
+
+
+def _decode_16bit_png(path: Path) -> np.ndarray:
+    """A 16-bit RGB(A) PNG as (H, W, 3|4) float32 in [0, 1], via OpenCV (imdecode handles any path name)."""
+    data = np.fromfile(path, dtype=np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None or bgr.dtype != np.uint16 or bgr.ndim != 3 or bgr.shape[2] not in (3, 4):
+        raise ValueError("OpenCV could not decode the 16-bit PNG")
+    code = cv2.COLOR_BGRA2RGBA if bgr.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    return cv2.cvtColor(bgr, code).astype(np.float32) / 65535.0
+
+
+def _float_gray(values: np.ndarray) -> np.ndarray:
+    """Mode F pixels on their guessed scale (see the module docstring), as float32 in [0, 1]."""
+    finite = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(finite.max()) if finite.size else 0.0
+    scale = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
+    return finite / scale
+
+
+def _decode(im: Image.Image, path: Path, deep_png: bool) -> np.ndarray:
+    """A loaded Pillow image as (H, W, 3) float32 in [0, 1], before orientation."""
+    mode = im.mode
+    if deep_png:
+        arr = _decode_16bit_png(path)
+        if arr.shape[:2] != (im.height, im.width):
+            raise ValueError("OpenCV and Pillow disagree on the image size")
+        return _composite_on_white(arr) if arr.shape[2] == 4 else arr
+    if mode.startswith("I;16"):
+        gray = np.asarray(im).astype(np.float32) / 65535.0
+    elif mode == "I":
+        gray = np.clip(np.asarray(im).astype(np.float32), 0, 65535) / 65535.0
+    elif mode == "F":
+        gray = _float_gray(np.asarray(im))
+    elif mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA")).astype(np.float32) / 255.0
+        return _composite_on_white(rgba)
+    else:
+        return np.asarray(im.convert("RGB")).astype(np.float32) / 255.0
+    return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2)
+
+
+def load_rgb(path: str | os.PathLike) -> Tensor:
+    """Decode an image file to `(3, H, W)` float32 RGB in [0, 1]; raises ImageLoadError naming the file and why."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageLoadError(p, "no such file" if not p.exists() else "not a regular file")
+    if p.stat().st_size == 0:
+        raise ImageLoadError(p, "the file is empty (0 bytes)")
+    try:
+        with Image.open(p) as im:
+            deep_png = _is_16bit_color_png(im)
+            im.load()  # decodes now, so that truncated or corrupt data fails here and not later
+            orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+            array = _decode(im, p, deep_png)
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...: all mean unreadable
+        reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise ImageLoadError(p, reason) from err
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ImageLoadError(p, f"the image has no pixels (size {array.shape[1]}x{array.shape[0]})")
+    array = np.clip(_orient(array, orientation), 0.0, 1.0)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
+
+
+# ----------------------------------------------------------------------------------------------------- writing
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it over `path` in one step."""
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise OSError(f"cannot write {path}: the folder {parent} cannot be created or written ({err})") from err
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF",
+                 ".tiff": "TIFF"}
+
+
+def save_rgb(image: Tensor, path: str | os.PathLike, quality: int = 95) -> Path:
+    """Write `(3, H, W)` in [0, 1] as an 8-bit file (format from the suffix: PNG, JPEG, ...), atomically."""
+    x, _ = check_image(image, "image", allow_batch=False)
+    p = Path(path)
+    fmt = _SAVE_FORMATS.get(p.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"path must end in one of {sorted(_SAVE_FORMATS)}, got {str(p)!r}")
+    u8 = (x[0].detach().cpu().float() * 255.0).round().clamp(0, 255).to(torch.uint8)
+    pil = Image.fromarray(u8.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+    options = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}
+    _atomic_write(p, lambda tmp: pil.save(tmp, format=fmt, **options))
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------- splits
+
+SPLITS = ("train", "val", "test")
+
+
+def _check_count(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)
+
+
+def split_sizes(n_images: int, n_val: int, n_test: int) -> tuple[int, int, int]:
+    """(train, val, test) counts. Too few images: val shrinks first to n_images - 1, then test to what is left,
+    so train keeps at least one image (e.g. 8 images, n_val=100, n_test=1000 -> 1 train, 7 val, 0 test)."""
+    n_val = min(n_val, max(n_images - 1, 0))
+    n_test = min(n_test, max(n_images - 1 - n_val, 0))
+    return n_images - n_val - n_test, n_val, n_test
+
+
+def split_paths(
+    paths: Sequence[str | os.PathLike], seed: int = 42, n_val: int = 100, n_test: int = 1000
+) -> dict[str, list[Path]]:
+    """Deterministic split: sort, shuffle with `default_rng(seed).permutation`, first n_val = val, next n_test = test,
+    rest = train (see `split_sizes` for small sets; shrinking warns). Each split stays in shuffled order."""
+    n_val = _check_count(n_val, "n_val")
+    n_test = _check_count(n_test, "n_test")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if isinstance(paths, (str, os.PathLike)):
+        raise ValueError("paths must be a list of files (use list_images to expand a glob or folder)")
+    ordered = sorted({Path(p) for p in paths})
+    if not ordered:
+        raise ValueError("paths is empty: there is nothing to split")
+    n_train, v, t = split_sizes(len(ordered), n_val, n_test)
+    if (v, t) != (n_val, n_test):
+        warnings.warn(
+            f"only {len(ordered)} images: validation/test shrink from {n_val}/{n_test} to {v}/{t} so that "
+            f"{n_train} remain for training", stacklevel=2)
+    perm = np.random.default_rng(int(seed)).permutation(len(ordered))
+    shuffled = [ordered[i] for i in perm]
+    return {"train": shuffled[v + t:], "val": shuffled[:v], "test": shuffled[v:v + t]}
+
+
+def save_split(split: dict[str, Sequence[str | os.PathLike]], path: str | os.PathLike) -> Path:
+    """Write a split `{"train", "val", "test"}` as JSON lists of path strings, atomically."""
+    missing = [k for k in SPLITS if k not in split]
+    if missing:
+        raise ValueError(f"split must have the keys {list(SPLITS)}, missing {missing}")
+    data = {k: [str(p) for p in split[k]] for k in SPLITS}
+    p = Path(path)
+    _atomic_write(p, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+    return p
+
+
+def load_split(path: str | os.PathLike) -> dict[str, list[Path]]:
+    """Read a split written by `save_split`."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"path {str(p)!r} is not a readable split file: {err}") from err
+    if not isinstance(data, dict) or any(not isinstance(data.get(k), list) for k in SPLITS):
+        raise ValueError(f"path {str(p)!r}: a split file must hold lists under {list(SPLITS)}")
+    return {k: [Path(x) for x in data[k]] for k in SPLITS}

@@ -1,0 +1,239 @@
+"""DequantDataModule: split, batches, the seeded example stream, sharding, fixed validation, bad files."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch
+
+from dequant.data.datamodule import DequantDataModule, EpochSampler
+from dequant.data.examples import ExampleMaker
+from dequant.data.palette_sizes import FixedPaletteSize
+
+CROP = 16
+
+
+def _write_images(folder: Path, n: int, size=(24, 30)) -> list[Path]:
+    """n small smooth color images (a few blobs each) as PNGs."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(123)
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    paths = []
+    for i in range(n):
+        img = np.zeros((*size, 3))
+        for _ in range(3):
+            cy, cx, r = rng.uniform(0, size[0]), rng.uniform(0, size[1]), rng.uniform(4, 10)
+            img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)[..., None] * rng.uniform(0, 1, 3)
+        path = folder / f"img_{i:02d}.png"
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    _write_images(root, 8)
+    return root
+
+
+def _dm(paths, **kwargs) -> DequantDataModule:
+    example = ExampleMaker(crop_size=CROP, palette_sizes=FixedPaletteSize(4), p_superpixel=0.5,
+                           segmenters=("slic", "felzenszwalb"))
+    kwargs = {"batch_size": 4, "num_workers": 0, "n_val": 2, "n_test": 1, **kwargs}
+    return DequantDataModule(paths, example, **kwargs)
+
+
+def _epoch(dm: DequantDataModule, epoch: int, loader=None) -> list[dict[str, torch.Tensor]]:
+    loader = loader or dm.train_dataloader()
+    _set_sampler_epoch(loader, epoch)  # what Lightning's fit loop does before every epoch
+    return list(loader)
+
+
+def _cat(batches, key):
+    return torch.cat([b[key] for b in batches])
+
+
+def test_setup_split_and_batch_shapes(folder, tmp_path):
+    dm = _dm(str(folder))
+    dm.setup("fit")
+    assert [len(dm.split[k]) for k in ("train", "val", "test")] == [5, 2, 1]
+    assert dm.test_paths == dm.split["test"]
+    batches = _epoch(dm, 0)
+    assert len(batches) == 2  # 5 samples per epoch by default, batch 4
+    b = batches[0]
+    assert b["hint"].shape == (4, 7, CROP, CROP) and b["hint"].dtype == torch.float32
+    assert b["target"].shape == (4, 3, CROP, CROP)
+    assert b["image_id"].dtype == torch.int64 and b["n_colors"].dtype == torch.int64
+    assert b["patch"].dtype == torch.bool and b["mask"].shape == (4, CROP, CROP)
+    train_ids = {dm.all_paths.index(p) for p in dm.split["train"]}
+    assert set(_cat(batches, "image_id").tolist()) == train_ids  # every training image once per epoch
+    path = dm.save_split(tmp_path / "run")
+    assert path.name == "split.json" and set(json.loads(path.read_text())) == {"train", "val", "test"}
+
+
+def test_stream_independent_of_workers_and_new_each_epoch(folder):
+    """Two workers (persistent) give exactly the single-process stream, epoch after epoch."""
+    ref = _dm(str(folder), samples_per_epoch=8, num_workers=0)
+    ref.setup()
+    par = _dm(str(folder), samples_per_epoch=8, num_workers=2, persistent_workers=True)
+    par.setup()
+    loader = par.train_dataloader()
+    for epoch in (0, 1):
+        a, b = _epoch(ref, epoch), _epoch(par, epoch, loader)
+        for key in ("hint", "target", "image_id", "n_colors", "patch"):
+            assert torch.equal(_cat(a, key), _cat(b, key)), (epoch, key)
+        targets = _cat(b, "target")
+        # Examples made by different workers (alternating batches) and within one batch all differ.
+        assert len({t.numpy().tobytes() for t in targets}) == len(targets)
+        if epoch == 0:
+            first = targets
+    assert not torch.equal(first, targets)
+
+
+def test_stream_deterministic_for_a_seed(folder):
+    runs = []
+    for seed in (0, 0, 1):
+        dm = _dm(str(folder), seed=seed)
+        dm.setup()
+        runs.append(_cat(_epoch(dm, 3), "hint"))
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_sharding_disjoint_and_complete():
+    parts = [EpochSampler(10, 25, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for s in parts:
+        s.set_epoch(2)
+    k0, k1 = ({k for k, _, _ in s} for s in parts)
+    assert len(parts[0]) == len(parts[1]) == 13 == len(k0) == len(k1)
+    assert not k0 & k1 and k0 | k1 == set(range(26))
+    images = [i for s in parts for _, _, i in s]
+    assert np.bincount(images, minlength=10).min() >= 2  # successive permutations use images evenly
+    assert all(e == 2 for s in parts for _, e, _ in s)
+
+
+def test_datamodule_sharding_by_rank(folder):
+    dm = _dm(str(folder), samples_per_epoch=10)
+    dm.setup()
+    ids = [_cat(_epoch(dm, 0, dm.train_dataloader(rank=r, world_size=2)), "target") for r in (0, 1)]
+    assert len(ids[0]) == len(ids[1]) == 5
+    assert not any(torch.equal(a, b) for a in ids[0] for b in ids[1])
+
+
+def test_sampler_resume_state():
+    s = EpochSampler(6, 6, seed=0)
+    s.set_epoch(4)
+    keys = list(s)
+    t = EpochSampler(6, 6, seed=0)
+    t.load_state_dict({"epoch": 4, "start": 2})
+    assert list(t) == keys[2:] and list(t) == keys  # `start` applies to one iteration only
+
+
+def test_datamodule_state_dict_restores_epoch(folder):
+    dm = _dm(str(folder))
+    dm.setup()
+    loader = dm.train_dataloader()
+    _set_sampler_epoch(loader, 5)
+    state = dm.state_dict()
+    dm2 = _dm(str(folder))
+    dm2.setup()
+    dm2.load_state_dict(state)
+    assert torch.equal(_cat(list(dm2.train_dataloader()), "target"), _cat(list(loader), "target"))
+
+
+def test_validation_examples_fixed(folder):
+    a, b = _dm(str(folder), val_examples_per_image=2), _dm(str(folder), val_examples_per_image=2, seed=9)
+    a.setup()
+    b.setup()
+    first, second = list(a.val_dataloader()), list(a.val_dataloader())
+    other = list(b.val_dataloader())
+    assert len(_cat(first, "hint")) == 4
+    for key in ("hint", "target", "mask", "image_id", "patch"):
+        assert torch.equal(_cat(first, key), _cat(second, key))
+        assert torch.equal(_cat(first, key), _cat(other, key))  # the training seed does not change them
+    t1, t2 = list(a.test_dataloader()), list(a.test_dataloader())
+    assert torch.equal(_cat(t1, "hint"), _cat(t2, "hint")) and len(_cat(t1, "hint")) == 1
+
+
+def test_corrupt_file_warns_once_and_training_continues(tmp_path):
+    paths = _write_images(tmp_path / "data", 6)
+    bad = tmp_path / "data" / "img_99_broken.png"
+    bad.write_bytes(paths[0].read_bytes()[:60])  # a truncated PNG
+    dm = _dm(str(tmp_path / "data"), n_val=0, n_test=0, samples_per_epoch=14)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm.setup()
+        batches = _epoch(dm, 0) + _epoch(dm, 1)
+    about_bad = [w for w in caught if "img_99_broken.png" in str(w.message)]
+    assert len(about_bad) == 1
+    assert len(_cat(batches, "target")) == 28
+    bad_id = dm.all_paths.index(bad)
+    assert bad_id not in _cat(batches, "image_id").tolist()
+
+
+def test_all_bad_files_error_clearly(tmp_path):
+    (tmp_path / "bad").mkdir()
+    for i in range(3):
+        (tmp_path / "bad" / f"{i}.jpg").write_bytes(b"not a jpeg")
+    dm = _dm(str(tmp_path / "bad"), n_val=0, n_test=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="none of the 3 train images can be loaded"):
+            dm.setup()
+
+
+def test_empty_glob_and_missing_folder(tmp_path):
+    with pytest.raises(ValueError, match="matches no image"):
+        _dm(str(tmp_path / "*.png")).setup()
+    with pytest.raises(ValueError, match="nowhere"):
+        _dm(tmp_path / "nowhere").setup()
+
+
+def test_constructor_validation():
+    example = ExampleMaker(crop_size=CROP)
+    with pytest.raises(ValueError, match="batch_size"):
+        DequantDataModule("x", example, batch_size=0)
+    with pytest.raises(ValueError, match="samples_per_epoch"):
+        DequantDataModule("x", example, samples_per_epoch=0)
+    with pytest.raises(ValueError, match="example"):
+        DequantDataModule("x", object())
+    with pytest.raises(RuntimeError, match="setup"):
+        DequantDataModule("x", example).val_dataloader()
+
+
+def test_lightning_trainer_sets_the_epoch(folder):
+    """A real fit: Lightning calls the sampler's set_epoch, so the two epochs see different examples."""
+    import lightning as L
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen: list[tuple[int, torch.Tensor]] = []
+
+        def training_step(self, batch, _):
+            self.seen.append((self.current_epoch, batch["target"].clone()))
+            return (self.w * batch["hint"].mean()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    dm = _dm(str(folder))
+    model = Recorder()
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        use_distributed_sampler=False)
+    trainer.fit(model, datamodule=dm)
+    epochs = [torch.cat([t for e, t in model.seen if e == k]) for k in (0, 1)]
+    assert len(epochs[0]) == len(epochs[1]) == 5
+    assert not torch.equal(epochs[0], epochs[1])
+    dm_ref = _dm(str(folder))
+    dm_ref.setup()
+    assert torch.equal(epochs[1], _cat(_epoch(dm_ref, 1), "target"))

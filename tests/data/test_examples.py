@@ -1,0 +1,234 @@
+"""Palette-size distributions and the on-the-fly example maker (SPEC 1.2-1.7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dequant.color.cues import TextureCue
+from dequant.color.hint import COLOR, COLOR_IND, CUE, TEX_IND
+from dequant.color.quantize import Quantizer
+from dequant.data.examples import GRAY_METHODS, STAGES, ExampleMaker
+from dequant.data.io import load_rgb
+from dequant.data.palette_sizes import FixedPaletteSize, UniformPaletteSize, WeightedPowerOfTwo
+
+ASSETS = Path(__file__).resolve().parents[2] / "src" / "dequant" / "assets" / "images"
+
+
+@pytest.fixture(scope="module")
+def photo() -> torch.Tensor:
+    # A downscaled real photo: real segments and colors, but cheap to rescale every time.
+    import cv2
+
+    x = load_rgb(ASSETS / "chelsea.jpg").permute(1, 2, 0).numpy()
+    small = cv2.resize(x, (68, 45), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(small).permute(2, 0, 1).clamp(0, 1).contiguous()
+
+
+def _maker(**kwargs) -> ExampleMaker:
+    kwargs.setdefault("crop_size", 32)
+    return ExampleMaker(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- palette sizes
+
+
+def test_weighted_power_of_two_authors_weights():
+    probs = WeightedPowerOfTwo().probabilities()
+    weights = np.array([1.5 - k / 7 for k in range(8)])
+    assert list(probs) == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert np.allclose(list(probs.values()), weights / weights.sum())
+    assert sum(probs.values()) == pytest.approx(1.0)
+    assert list(WeightedPowerOfTwo(k_min=2, k_max=8).probabilities()) == [4, 8, 16, 32, 64, 128, 256]
+
+
+@pytest.mark.parametrize("dist", [WeightedPowerOfTwo(), FixedPaletteSize(12), UniformPaletteSize(3, 9)])
+def test_sampling_frequencies_match_probabilities(dist):
+    rng = np.random.default_rng(0)
+    draws = np.array([dist.sample(rng) for _ in range(20000)])
+    probs = dist.probabilities()
+    assert sum(probs.values()) == pytest.approx(1.0)
+    assert set(np.unique(draws)) <= set(probs)
+    for size, p in probs.items():
+        assert abs((draws == size).mean() - p) < 4 * np.sqrt(p * (1 - p) / draws.size) + 1e-9
+    again = np.random.default_rng(0)
+    assert [dist.sample(again) for _ in range(50)] == draws[:50].tolist()
+
+
+def test_palette_size_validation():
+    for bad, name in [
+        (lambda: FixedPaletteSize(0), "n"),
+        (lambda: FixedPaletteSize(257), "n"),
+        (lambda: FixedPaletteSize(2.5), "n"),
+        (lambda: UniformPaletteSize(10, 3), "high"),
+        (lambda: UniformPaletteSize(0, 3), "low"),
+        (lambda: WeightedPowerOfTwo(k_max=9), "k_max"),
+        (lambda: WeightedPowerOfTwo(k_min=3, k_max=2), "k_max"),
+        (lambda: WeightedPowerOfTwo(offset=1.0), "offset"),
+        (lambda: FixedPaletteSize(4).sample(3), "rng"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            bad()
+
+
+# ---------------------------------------------------------------------------------------------- examples
+
+
+def test_example_shapes_ranges(photo):
+    ex = _maker()(photo, np.random.default_rng(0))
+    assert ex["hint"].shape == (7, 32, 32) and ex["hint"].dtype == torch.float32
+    assert ex["target"].shape == (3, 32, 32) and ex["target"].dtype == torch.float32
+    assert ex["mask"].shape == (32, 32) and ex["mask"].dtype == torch.bool
+    for key in ("hint", "target"):
+        assert 0.0 <= float(ex[key].min()) and float(ex[key].max()) <= 1.0
+    assert isinstance(ex["n_colors"], int) and isinstance(ex["patch"], bool)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_palette_mode_channels(photo, seed):
+    quantizer = Quantizer()
+    maker = _maker(p_patch=0.0, quantizer=quantizer)
+    ex = maker(photo, np.random.default_rng(seed))
+    h = ex["hint"]
+    assert not ex["patch"] and not ex["mask"].any()
+    assert torch.equal(h[COLOR], quantizer(ex["target"], ex["n_colors"]).image)
+    assert torch.all(h[COLOR_IND] == ex["n_colors"] / 256)
+    assert torch.all(h[TEX_IND] == float(ex["keep_texture"]))
+    if ex["keep_texture"]:
+        assert torch.equal(h[CUE], maker.cue(ex["target"]))
+    else:
+        assert torch.all(h[CUE] == 0)
+
+
+def test_palette_mode_texture_drop_rate(photo):
+    maker = _maker(p_patch=0.0, cue=TextureCue(p_drop=0.65), palette_sizes=FixedPaletteSize(2))
+    kept = [maker(photo, np.random.default_rng(i))["keep_texture"] for i in range(120)]
+    assert 0.2 < np.mean(kept) < 0.5
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_patch_mode_channels(photo, seed):
+    maker = _maker(p_patch=1.0)
+    ex = maker(photo, np.random.default_rng(seed))
+    h, m, target = ex["hint"], ex["mask"], ex["target"]
+    assert ex["patch"] and m.any() and not m.all()
+    assert torch.all(h[COLOR_IND][m] == 1 / 256) and torch.all(h[COLOR_IND][~m] == 1)
+    assert torch.equal(h[COLOR][:, ~m], target[:, ~m])
+    mean = target[:, m].mean(dim=1, keepdim=True)
+    assert torch.allclose(h[COLOR][:, m], mean.expand(3, int(m.sum())), atol=1e-6)
+    assert torch.all(h[TEX_IND][~m] == 1)
+    assert torch.equal(h[CUE][:, ~m], maker.cue(target)[:, ~m])
+    assert torch.all(h[TEX_IND][m] == float(ex["keep_texture"]))
+
+
+def test_eval_mode_fills_a_random_color(photo):
+    maker = _maker(p_patch=1.0)
+    train = maker(photo, np.random.default_rng(5))
+    ev = maker(photo, np.random.default_rng(5), eval_mode=True)
+    m = ev["mask"]
+    assert torch.equal(m, train["mask"]) and torch.equal(ev["target"], train["target"])
+    fill = ev["hint"][COLOR][:, m]
+    assert torch.all(fill == fill[:, :1])  # one flat color
+    assert not torch.allclose(fill[:, 0], train["hint"][COLOR][:, m][:, 0], atol=1e-3)
+    assert torch.equal(maker(photo, np.random.default_rng(5), eval_mode=True)["hint"], ev["hint"])
+
+
+def test_determinism_and_variety(photo):
+    maker = _maker()
+    a, b = maker(photo, np.random.default_rng(7)), maker(photo, np.random.default_rng(7))
+    for key in ("hint", "target", "mask"):
+        assert torch.equal(a[key], b[key])
+    assert (a["n_colors"], a["patch"], a["meta"]) == (b["n_colors"], b["patch"], b["meta"])
+    targets = [maker(photo, np.random.default_rng(s))["target"] for s in range(6)]
+    assert all(not torch.equal(targets[0], t) for t in targets[1:])
+
+
+def test_source_not_modified(photo):
+    before = photo.clone()
+    _maker(p_gray=1.0, p_saturation=1.0)(photo, np.random.default_rng(0))
+    assert torch.equal(photo, before)
+
+
+def test_rescale_range_and_crop(photo):
+    maker = _maker(crop_size=16)
+    shorts = [maker(photo, np.random.default_rng(s))["meta"]["short_side"] for s in range(40)]
+    assert min(shorts) >= 16 and max(shorts) <= 45 and len(set(shorts)) > 10
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (10, 200), (200, 10), (31, 40)])
+@pytest.mark.parametrize("small_image", ["upscale", "pad"])
+def test_images_smaller_than_the_crop(shape, small_image):
+    image = torch.rand(3, *shape, generator=torch.Generator().manual_seed(0))
+    ex = _maker(small_image=small_image)(image, np.random.default_rng(1))
+    assert ex["hint"].shape == (7, 32, 32) and ex["target"].shape == (3, 32, 32)
+    assert ex["meta"]["short_side"] == 32
+
+
+def test_pad_mode_reflects_the_source():
+    image = torch.rand(3, 10, 200, generator=torch.Generator().manual_seed(0))
+    ex = _maker(small_image="pad", p_gray=0.0, p_saturation=0.0)(image, np.random.default_rng(2))
+    left = ex["meta"]["crop"][1]
+    rows = image[:, :, left:left + 32]
+    rows = rows.flip(-1) if ex["meta"]["flip"] else rows  # the flip follows the crop
+    # Every target row is one of the 10 source rows (reflection copies rows, never resamples them).
+    for r in range(32):
+        assert any(torch.equal(ex["target"][:, r], rows[:, i]) for i in range(10))
+
+
+def test_gray_and_saturation_augmentations(photo):
+    seen = set()
+    for s in range(30):
+        ex = _maker(p_gray=1.0, p_saturation=0.0)(photo, np.random.default_rng(s))
+        t = ex["target"]
+        assert torch.equal(t[0], t[1]) and torch.equal(t[1], t[2])
+        seen.add(ex["meta"]["gray"])
+    assert seen == set(GRAY_METHODS)
+    ex = _maker(p_gray=0.0, p_saturation=1.0)(photo, np.random.default_rng(0))
+    assert 0.0 <= ex["meta"]["saturation"] < 2.0
+
+
+def test_max_short_side(photo):
+    maker = _maker(crop_size=16, max_short_side=20)
+    assert all(maker(photo, np.random.default_rng(s))["meta"]["short_side"] <= 20 for s in range(10))
+
+
+def test_cue_mode_none_drops_texture_everywhere(photo):
+    for patch in (0.0, 1.0):
+        ex = _maker(p_patch=patch, cue=TextureCue(mode="none"))(photo, np.random.default_rng(0))
+        assert torch.all(ex["hint"][TEX_IND] == 0) and torch.all(ex["hint"][CUE] == 0)
+
+
+def test_profile_timings(photo):
+    maker = _maker(profile=True)
+    assert maker.timings() == {}
+    for s in range(3):
+        maker(photo, np.random.default_rng(s))
+    t = maker.timings()
+    assert set(t) == set(STAGES) and t["augment"] > 0 and all(v >= 0 for v in t.values())
+    maker.reset_timings()
+    assert maker.timings() == {}
+
+
+def test_argument_validation(photo):
+    for kwargs, name in [
+        ({"crop_size": 0}, "crop_size"),
+        ({"p_patch": 1.5}, "p_patch"),
+        ({"p_gray": -0.1}, "p_gray"),
+        ({"small_image": "crop"}, "small_image"),
+        ({"segmenters": ["kmeans"]}, "segmenters"),
+        ({"mask_frac": (0.2, 0.1)}, "mask_frac"),
+        ({"max_short_side": 8}, "max_short_side"),
+        ({"palette_sizes": 8}, "palette_sizes"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            _maker(**kwargs)
+    maker = _maker()
+    with pytest.raises(ValueError, match="rng"):
+        maker(photo, 0)
+    with pytest.raises(ValueError, match="image"):
+        maker(photo[:2], np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        maker(photo * 2, np.random.default_rng(0))
