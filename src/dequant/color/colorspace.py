@@ -33,15 +33,15 @@ def rgb_to_hsv(x: Tensor) -> Tensor:
     """sRGB in [0, 1] -> HSV with all three channels in [0, 1] (hue as a fraction of the full circle)."""
     y, kind = _as_image(x)
     hsv = kc.rgb_to_hsv(y.float())
-    hsv = torch.cat([hsv[:, :1] / (2 * torch.pi), hsv[:, 1:]], dim=1)
+    hsv = torch.cat([hsv[..., :1, :, :] / (2 * torch.pi), hsv[..., 1:, :, :]], dim=-3)
     return _restore(hsv, kind)
 
 
 def hsv_to_rgb(x: Tensor) -> Tensor:
     """HSV with channels in [0, 1] (hue wraps) -> sRGB in [0, 1]; images or (K, 3) palettes."""
     y, kind = _as_image(x)
-    h = torch.remainder(y[:, :1], 1.0) * (2 * torch.pi)
-    rgb = kc.hsv_to_rgb(torch.cat([h, y[:, 1:].clamp(0, 1)], dim=1))
+    h = torch.remainder(y[..., :1, :, :], 1.0) * (2 * torch.pi)
+    rgb = kc.hsv_to_rgb(torch.cat([h, y[..., 1:, :, :].clamp(0, 1)], dim=-3))
     return _restore(rgb.clamp(0, 1), kind)
 
 
