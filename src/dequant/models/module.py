@@ -1,0 +1,433 @@
+"""The LightningModule: diffusion training on (hint, target) batches, EMA, seeded validation sampling, loading.
+
+Batches are dicts: `hint (B,7,H,W)` and `target (B,3,H,W)` in [0, 1], `image_id (B,)`, `n_colors (B,)`, `patch (B,)`.
+Everything the module saves is plain Python (no dataclasses, no OmegaConf), so checkpoints load with
+`torch.load(weights_only=True)`, as Lightning's resume does by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from torch import Tensor, nn
+
+from dequant import metrics as M
+from dequant.color._checks import check_choice
+from dequant.models.ema import EMA
+from dequant.models.ranges import from_model_range, to_model_range
+from dequant.models.sampling import SamplerSpec, as_sampler_spec, image_generators, make_scheduler, sample_loop
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear", "sigmoid")
+_MODULE_TARGET = "dequant.models.module.DequantModule"
+_SAMPLER_TARGET = "dequant.models.sampling.SamplerSpec"
+
+
+def _plain(value: Any) -> Any:
+    """Resolve OmegaConf containers and tuples into plain dicts and lists (checkpoint- and YAML-safe)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, DictConfig | ListConfig):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra, a dependency
+        pass
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    return value
+
+
+def _palette_and_index(color: Tensor) -> tuple[Tensor, Tensor]:
+    """The palette `(K,3)` and index map `(H,W)` of a flat-colored (quantized) image `(3,H,W)`."""
+    h, w = color.shape[-2:]
+    palette, index = torch.unique(color.reshape(3, -1).t(), dim=0, return_inverse=True)
+    return palette.clamp(0, 1), index.reshape(h, w)
+
+
+class DequantModule(L.LightningModule):
+    """Trains `net(x_t, t, hint)` to predict eps (or v) under a cosine DDPM schedule; samples with EMA weights."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        prediction_type: str = "epsilon",
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "squaredcos_cap_v2",
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        ema_decay: float = 0.999,
+        use_ema: bool = True,
+        cond_dropout: float = 0.0,
+        sampler: SamplerSpec | Mapping | str | None = None,
+        val_seed: int = 0,
+        val_max_images: int = 8,
+        samples_dir: str | None = None,
+        config: Mapping | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_choice(prediction_type, PREDICTION_TYPES, "prediction_type")
+        check_choice(beta_schedule, BETA_SCHEDULES, "beta_schedule")
+        if not 0.0 <= ema_decay <= 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1], got {ema_decay}")
+        if not hasattr(net, "trainable_module"):
+            raise ValueError(f"net must provide trainable_module(), got {type(net).__name__}")
+        if num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be >= 2, got {num_train_timesteps}")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        betas = tuple(float(b) for b in betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if not 0.0 <= cond_dropout <= 1.0:
+            raise ValueError(f"cond_dropout must lie in [0, 1], got {cond_dropout}")
+        if val_max_images < 0:
+            raise ValueError(f"val_max_images must be >= 0, got {val_max_images}")
+        spec = as_sampler_spec(sampler)
+        # save_hyperparameters reads these locals: keep only plain types in them.
+        sampler = {"_target_": _SAMPLER_TARGET, **dataclasses.asdict(spec)}
+        config = _plain(config) if config is not None else None
+        samples_dir = None if samples_dir is None else str(samples_dir)
+        self.save_hyperparameters(ignore=["net"])
+
+        self.net = net
+        self.sampler_spec = spec
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=int(num_train_timesteps), beta_schedule=beta_schedule,
+            prediction_type=prediction_type, clip_sample=False,
+        )
+        self.ema = EMA(net.trainable_module(), decay=ema_decay) if use_ema else None
+        self._ema_step = -1
+        self._val_count = 0
+        self._val_rows: list[dict[str, Tensor]] = []
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    @contextlib.contextmanager
+    def ema_weights(self, enabled: bool = True) -> Iterator[None]:
+        """Run the block with the EMA weights in the net (a no-op without EMA or when disabled)."""
+        if enabled and self.ema is not None:
+            with self.ema.ema_scope(self.net.trainable_module()):
+                yield
+        else:
+            yield
+
+    def _step_generator(self, batch_idx: int) -> torch.Generator:
+        """A generator for one training step, unique per (seed, step, batch, rank) and identical on resume."""
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        step = self.trainer.global_step if self._trainer is not None else 0
+        entropy = [int(self.hparams.seed) % 2**32, step, batch_idx, rank]
+        g = torch.Generator(device=self.device)
+        g.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) >> 1)
+        return g
+
+    def _targets(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the net regresses: eps, or v = sqrt(a) eps - sqrt(1 - a) x0."""
+        if self.hparams.prediction_type == "epsilon":
+            return noise
+        return self.noise_scheduler.get_velocity(x0, noise, t)
+
+    def _null_hint(self, hint: Tensor) -> Tensor:
+        """The 'no hint' input for condition dropout and guidance: all -1 in model range (all 0 in [0, 1])."""
+        return torch.full_like(hint, -1.0)
+
+    def diffusion_loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """MSE between the net's prediction and eps/v at uniform random timesteps (with optional hint dropout)."""
+        hint = to_model_range(batch["hint"].float())
+        x0 = to_model_range(batch["target"].float())
+        b = x0.shape[0]
+        t = torch.randint(0, self.hparams.num_train_timesteps, (b,), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        x_t = self.noise_scheduler.add_noise(x0, noise, t)
+        if self.hparams.cond_dropout > 0:
+            drop = torch.rand(b, device=x0.device, generator=generator) < self.hparams.cond_dropout
+            hint = torch.where(drop[:, None, None, None], self._null_hint(hint), hint)
+        pred = self.net(x_t, t, hint)
+        return F.mse_loss(pred.float(), self._targets(x0, noise, t).float())
+
+    # ---------------------------------------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        """Train mode for the net even when the module arrives in eval mode (load_model returns it so)."""
+        self.train()
+
+    def on_train_start(self) -> None:
+        """The EMA follows optimizer steps: remember the step training starts (or resumes) from."""
+        self._ema_step = self.trainer.global_step
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        """One diffusion training step; logs `train/loss`."""
+        loss = self.diffusion_loss(batch, self._step_generator(batch_idx))
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["target"].shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Update the EMA once per optimizer step (not per micro-batch under gradient accumulation)."""
+        if self.ema is None:
+            return
+        step = self.trainer.global_step
+        if step != self._ema_step:
+            self.ema.update(self.net.trainable_module())
+            self._ema_step = step
+
+    def configure_optimizers(self) -> dict:
+        """AdamW on the net's trainable module with a per-step linear warmup."""
+        params = [p for p in self.net.trainable_module().parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(
+            params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay
+        )
+        warmup = int(self.hparams.warmup_steps)
+
+        def factor(step: int) -> float:
+            return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # -------------------------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        """Reset the per-epoch sample budget."""
+        self._val_count = 0
+        self._val_rows = []
+
+    def _fixed_noise(self, x0: Tensor, image_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-image timesteps and noise from (val_seed, image id): the same every validation, on any device."""
+        gens = image_generators(self.hparams.val_seed, image_ids, "cpu")
+        t = torch.cat([torch.randint(0, self.hparams.num_train_timesteps, (1,), generator=g) for g in gens])
+        noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=g) for g in gens])
+        return t.to(x0.device), noise.to(device=x0.device, dtype=x0.dtype)
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        """`val/loss` at fixed t and noise; for the first `val_max_images` images also samples and metrics."""
+        hint01, target01 = batch["hint"].float(), batch["target"].float()
+        b = target01.shape[0]
+        ids = batch.get("image_id")
+        ids = torch.arange(self._val_count, self._val_count + b) if ids is None else ids.detach().cpu().long()
+        hint, x0 = to_model_range(hint01), to_model_range(target01)
+        t, noise = self._fixed_noise(x0, ids)
+        with self.ema_weights():
+            pred = self.net(self.noise_scheduler.add_noise(x0, noise, t), t, hint)
+            loss = F.mse_loss(pred.float(), self._targets(x0, noise, t).float())
+            self.log("val/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
+            n = min(b, self.hparams.val_max_images - self._val_count)
+            if n <= 0:
+                return
+            output = self._sample_model_range(hint[:n], self.sampler_spec, self.hparams.val_seed, ids[:n])
+        self._val_count += n
+        output = from_model_range(output).float().cpu()
+        target = target01[:n].cpu()
+        values = {
+            "l1": M.l1(output, target),
+            "psnr": M.psnr(output, target),
+            "ssim": M.ssim(output, target),
+            "texture_corr": M.texture_fidelity(output, target),
+        }
+        patch = batch.get("patch")
+        palette_rows = [i for i in range(n) if patch is None or not bool(patch[i])]
+        if palette_rows:
+            # Palette-mode hints carry the quantized image: its distinct colors are the requested palette.
+            pairs = [_palette_and_index(hint01[i, 0:3].cpu()) for i in palette_rows]
+            values["palette_de2000"] = M.palette_error_ciede(
+                output[palette_rows], torch.stack([ix for _, ix in pairs]), [p for p, _ in pairs]
+            )
+        # Not synced across ranks: which metrics a rank has depends on its images (palette_de2000 needs palette-mode
+        # ones), and a collective that only some ranks enter would hang. These are per-rank monitors of a few images.
+        for name, v in values.items():
+            self.log(f"val/{name}", v.mean(), batch_size=v.numel())
+        self._val_rows.append({"hint": hint01[:n].cpu(), "output": output, "target": target})
+
+    def on_validation_epoch_end(self) -> None:
+        """Save the sample grid under samples_dir and hand it to every logger that takes images."""
+        rows, self._val_rows = self._val_rows, []
+        if not rows or self._trainer is None or not self.trainer.is_global_zero:
+            return
+        from dequant import viz
+
+        hint = torch.cat([r["hint"] for r in rows])
+        output = torch.cat([r["output"] for r in rows])
+        target = torch.cat([r["target"] for r in rows])
+        columns = {**viz.hint_columns(hint), "output": output, "target": target,
+                   "|difference|": (output - target).abs()}
+        grid = viz.labelled_grid(columns)
+        if self.hparams.samples_dir:
+            viz.save_png(grid, Path(self.hparams.samples_dir) / f"val_step{self.global_step:06d}.png")
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="val/samples", images=[grid], step=self.global_step)
+
+    # ---------------------------------------------------------------------------------------------- sampling
+    def _sample_model_range(self, hint: Tensor, spec: SamplerSpec, seed: int, image_ids: Tensor) -> Tensor:
+        """Sample `(B,3,H,W)` in [-1, 1] for a model-range hint with the net's current weights, in eval mode."""
+        scheduler = make_scheduler(spec, self.noise_scheduler.config, device=hint.device)
+        generators = image_generators(seed, image_ids, hint.device)
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            return sample_loop(
+                self.net, hint, scheduler, generators=generators, start_step=spec.start_step,
+                guidance=spec.guidance, null_hint=self._null_hint(hint), eta=spec.eta,
+            )
+        finally:
+            self.net.train(was_training)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        hint: Tensor,
+        steps: int | None = None,
+        sampler: SamplerSpec | Mapping | str | None = None,
+        seed: int = 0,
+        image_ids: Tensor | list[int] | None = None,
+        start_step: int | None = None,
+        guidance: float | None = None,
+        use_ema: bool = True,
+    ) -> Tensor:
+        """Sample outputs `(B,3,H,W)` in [0, 1] for hints `(B,7,H,W)` in [0, 1].
+
+        `sampler` defaults to the module's; `steps`, `start_step` and `guidance` override the sampler's values.
+        Each image's noise comes from (seed, its image id): ids default to 0..B-1.
+        """
+        if not isinstance(hint, Tensor) or hint.ndim != 4 or hint.shape[1] != 7:
+            raise ValueError(f"hint must be a (B, 7, H, W) tensor, got {getattr(hint, 'shape', type(hint).__name__)}")
+        if not hint.is_floating_point() or float(hint.min()) < -1e-4 or float(hint.max()) > 1 + 1e-4:
+            raise ValueError("hint must be a float tensor in [0, 1]")
+        spec = self.sampler_spec if sampler is None else as_sampler_spec(sampler)
+        given = (("steps", steps), ("start_step", start_step), ("guidance", guidance))
+        overrides = {k: v for k, v in given if v is not None}
+        if overrides:
+            spec = dataclasses.replace(spec, **overrides)
+        b = hint.shape[0]
+        ids = torch.arange(b) if image_ids is None else torch.as_tensor(image_ids).long().cpu()
+        if ids.shape != (b,):
+            raise ValueError(f"image_ids must hold one id per image ({b}), got shape {tuple(ids.shape)}")
+        h = to_model_range(hint.to(self.device, torch.float32))
+        with self.ema_weights(use_ema):
+            out = self._sample_model_range(h, spec, seed, ids)
+        return from_model_range(out)
+
+    # ----------------------------------------------------------------------------------------- checkpointing
+    def dequant_config(self) -> dict:
+        """The run config saved with checkpoints; without a run config, a `module` node rebuilt from hparams."""
+        cfg = copy.deepcopy(self.hparams.get("config")) or {}
+        if "module" not in cfg:
+            node = {k: copy.deepcopy(v) for k, v in self.hparams.items() if k != "config"}
+            net_node = self.net.hydra_config() if hasattr(self.net, "hydra_config") else None
+            if net_node is None:
+                raise ValueError(f"net {type(self.net).__name__} has no hydra_config() and no run config was given")
+            cfg["module"] = {"_target_": _MODULE_TARGET, **_plain(node), "net": _plain(net_node)}
+        return cfg
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the full run config so `load_model` can rebuild the module without Hydra files."""
+        checkpoint["dequant_config"] = self.dequant_config()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the run config that came with the checkpoint."""
+        if "dequant_config" in checkpoint:
+            self.hparams["config"] = checkpoint["dequant_config"]
+
+
+def _net_node(config: Mapping) -> dict:
+    """The `module.net` node of a run config (also accepts a module node or a bare net node)."""
+    cfg = _plain(config)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"expected_config must be a mapping, got {type(config).__name__}")
+    if "module" in cfg:
+        cfg = cfg["module"]
+    if isinstance(cfg, dict) and "net" in cfg:
+        cfg = cfg["net"]
+    if not isinstance(cfg, dict) or "_target_" not in cfg:
+        raise ValueError("expected_config must hold a module.net node with a _target_")
+    return cfg
+
+
+def _flatten(node: Any, prefix: str) -> dict[str, Any]:
+    """Dotted keys -> leaf values."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: node}
+
+
+def config_differences(saved: Mapping, expected: Mapping) -> list[str]:
+    """The `module.net` keys whose values differ between two configs, as 'key: saved vs expected' lines."""
+    a = _flatten(_net_node(saved), "module.net")
+    b = _flatten(_net_node(expected), "module.net")
+    missing = object()
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va != vb:
+            fa = "<absent>" if va is missing else repr(va)
+            fb = "<absent>" if vb is missing else repr(vb)
+            diffs.append(f"{key}: checkpoint {fa} vs expected {fb}")
+    return diffs
+
+
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu", expected_config: Mapping | None = None
+) -> DequantModule:
+    """Rebuild a DequantModule from a Lightning checkpoint written by it (weights, EMA and run config)."""
+    from hydra.utils import instantiate
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"path {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"path {str(path)!r} is a folder; load_model reads a Lightning .ckpt file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated files and foreign pickles fail in many ways
+        raise ValueError(f"path {str(path)!r} is not a readable checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"path {str(path)!r} is not a Lightning checkpoint (no state_dict)")
+    cfg = ckpt.get("dequant_config")
+    if not isinstance(cfg, dict) or "module" not in cfg:
+        raise ValueError(f"path {str(path)!r} has no dequant_config.module: it was not written by DequantModule")
+    if expected_config is not None:
+        diffs = config_differences(cfg, expected_config)
+        if diffs:
+            raise ValueError(
+                f"checkpoint {str(path)!r} architecture does not match expected_config: " + "; ".join(diffs)
+            )
+    # Only the module node is instantiated: the run config holds other _target_ nodes (data, loggers) to leave be.
+    node = {k: v for k, v in cfg["module"].items() if k != "config"}
+    try:
+        module = instantiate(node, _convert_="all")
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps constructor errors in its own type
+        raise ValueError(f"checkpoint {str(path)!r}: could not rebuild the module from dequant_config: {exc}") from exc
+    if not isinstance(module, DequantModule):
+        raise ValueError(f"checkpoint {str(path)!r}: dequant_config.module built a {type(module).__name__}")
+    module.hparams["config"] = cfg
+    try:
+        result = module.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when strict=False
+        raise ValueError(f"checkpoint {str(path)!r} weights do not fit the rebuilt module: {exc}") from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint {str(path)!r} weights do not fit the rebuilt module: missing keys "
+            f"{result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}"
+        )
+    module.to(map_location)
+    module.eval()
+    return module
