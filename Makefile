@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 # Everything except the multi-process / subprocess tests.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
 
 # Train the small model on the shipped photos, evaluate it, write pictures to outputs/demo/ (resumes if interrupted).
 demo: install

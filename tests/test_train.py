@@ -83,7 +83,7 @@ def _ema_state(ckpt: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_continues_at_the_same_step_with_the_same_weights(tmp_path: Path) -> None:
     common = ("trainer.max_steps=4", "data.samples_per_epoch=4", "data.batch_size=2", "trainer.val_check_interval=4",
-              "+trainer.deterministic=true")
+              "trainer.deterministic=true")
     full = train(fast(tmp_path / "full", *common))
     first = train(fast(tmp_path / "split", *common, "trainer.max_steps=2"))
     assert first["global_step"] == 2

@@ -92,7 +92,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt is not None:
         check_checkpoint_matches(ckpt, resolved)
 
-    module = instantiate(cfg.module, config=resolved)
+    # `config` is also instantiate()'s own first parameter, hence the partial.
+    module = instantiate(cfg.module, _partial_=True)(config=resolved)
     loggers = _loggers(cfg, run_dir)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)

@@ -235,6 +235,10 @@ class DequantDataModule(LightningDataModule):
         self.example = example
         self.batch_size = _check_int(batch_size, "batch_size", 1)
         self.num_workers = _check_int(num_workers, "num_workers", 0)
+        if self.num_workers > 0:
+            # An OpenCV thread pool started in this process before the workers fork can leave them hung
+            # (seen with setup() building validation examples); one OpenCV thread here avoids that.
+            cv2.setNumThreads(1)
         self.seed = _check_int(seed, "seed", 0)
         self.split_seed = _check_int(split_seed, "split_seed", 0)
         self.n_val = _check_int(n_val, "n_val", 0)

@@ -117,7 +117,6 @@ class DequantModule(L.LightningModule):
             prediction_type=prediction_type, clip_sample=False,
         )
         self.ema = EMA(net.trainable_module(), decay=ema_decay) if use_ema else None
-        self._ema_step = -1
         self._val_count = 0
         self._val_rows: list[dict[str, Tensor]] = []
 
@@ -169,24 +168,21 @@ class DequantModule(L.LightningModule):
         """Train mode for the net even when the module arrives in eval mode (load_model returns it so)."""
         self.train()
 
-    def on_train_start(self) -> None:
-        """The EMA follows optimizer steps: remember the step training starts (or resumes) from."""
-        self._ema_step = self.trainer.global_step
-
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         """One diffusion training step; logs `train/loss`."""
         loss = self.diffusion_loss(batch, self._step_generator(batch_idx))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["target"].shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Update the EMA once per optimizer step (not per micro-batch under gradient accumulation)."""
-        if self.ema is None:
-            return
-        step = self.trainer.global_step
-        if step != self._ema_step:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step the optimizer, then the EMA: once per optimizer step (not per micro-batch under accumulation).
+
+        Done here rather than in `on_train_batch_end` because callbacks (checkpointing) see a batch's end before the
+        module does, and a checkpoint must hold the EMA of the weights it holds.
+        """
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
             self.ema.update(self.net.trainable_module())
-            self._ema_step = step
 
     def configure_optimizers(self) -> dict:
         """AdamW on the net's trainable module with a per-step linear warmup."""
