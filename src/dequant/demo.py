@@ -1,0 +1,78 @@
+"""The last step of `make demo`: a palette-transfer picture and the final validation grid from a trained run.
+
+python -m dequant.demo --run outputs/demo/train --out outputs/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from dequant.data.io import load_rgb
+from dequant.edit import main as edit_main
+from dequant.edit import resize
+from dequant.viz import labelled_grid, save_png
+
+
+def _pick_pair(split: dict[str, list[str]]) -> tuple[str, str]:
+    """A held-out source photo and another photo whose palette it takes (held-out first, then any)."""
+    held_out = split.get("val", []) + split.get("test", [])
+    pool = held_out + [p for p in split.get("train", []) if p not in held_out]
+    if len(pool) < 2:
+        raise ValueError(f"the run's split names {len(pool)} image(s); a palette transfer needs two")
+    return pool[0], pool[1]
+
+
+def palette_transfer_figure(ckpt: Path, source: str, target: str, out_dir: Path, n_colors: int = 8,
+                            seed: int = 0) -> Path:
+    """Render `source` in `target`'s palette with the model; save the output and a labelled side-by-side picture."""
+    output = out_dir / "palette_transfer_output.png"
+    code = edit_main(["transfer", source, "--ckpt", str(ckpt), "--palette-from", target, "-n", str(n_colors),
+                      "--seed", str(seed), "-o", str(output)])
+    if code != 0:
+        raise RuntimeError(f"dequant-edit transfer failed with exit code {code}")
+    src, tgt, res = load_rgb(source), load_rgb(target), load_rgb(output)
+    h = 160
+    w = round(src.shape[-1] * h / src.shape[-2])
+    columns = {
+        f"source: {Path(source).stem}": resize(src, h, w)[None],
+        f"palette from: {Path(target).stem}": resize(tgt, h, w)[None],
+        f"model, {n_colors} colors": resize(res, h, w)[None],
+    }
+    figure = out_dir / "palette_transfer.png"
+    save_png(labelled_grid(columns), figure)
+    return figure
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write outputs/demo/palette_transfer.png and validation_grid.png from a finished training run."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="the training run folder (holds checkpoints/ and split.json)")
+    parser.add_argument("--out", required=True, help="where to write the pictures")
+    parser.add_argument("-n", "--colors", type=int, default=8, help="palette size of the transfer (default 8)")
+    args = parser.parse_args(argv)
+    run, out = Path(args.run), Path(args.out)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        print(f"dequant.demo: no checkpoint at {ckpt}: run training first", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    split = json.loads((run / "split.json").read_text())
+    source, target = _pick_pair(split)
+    torch.set_grad_enabled(False)
+    figure = palette_transfer_figure(ckpt, source, target, out, n_colors=args.colors)
+    print(f"palette transfer: {figure}")
+    grids = sorted((run / "samples").glob("val_step*.png"))
+    if grids:
+        shutil.copyfile(grids[-1], out / "validation_grid.png")
+        print(f"validation grid ({grids[-1].name}): {out / 'validation_grid.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

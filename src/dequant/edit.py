@@ -1,0 +1,462 @@
+"""`dequant-edit` (also `python -m dequant.edit`): quantize, palette-transfer or recolor a photo of any size.
+
+Subcommands (SPEC 3, 4):
+- `quantize PHOTO -n 16 -o out.png`: the photo quantized at its own size (no model); prints the palette as hex.
+- `transfer PHOTO --ckpt CKPT (--palette HEX,... | --palette-from OTHER | --colormap NAME) -o out.png`: quantize,
+  match the palette to the target colors by weighted bipartite matching, let the model render the recolored image.
+- `recolor PHOTO --ckpt CKPT (--mask MASK.png | --point X,Y) --color HEX -o out.png`: fill a region with a flat
+  color and let the model render it with the photo's texture.
+
+Resolution: the model runs at its training resolution. The photo is resized (bicubic; area averaging when
+shrinking by more than 2x) so that its short side equals the training crop size, aspect ratio kept, both sides
+rounded to a multiple of the UNet's downsampling factor (the concat UNet is convolutional, so any such size
+works); the model's output is resized back to the photo's size with bicubic interpolation. Detail finer than the
+model's resolution is therefore not restored: this is an honest resize, not tiling or super-resolution.
+
+Besides `-o out.png`, transfer and recolor (and quantize) write `out.palette.png`: the source colors on the left,
+the requested colors on the right, a line for every source color to the color it was matched to. Every argument is
+checked before anything is written; both files are written under temporary names and renamed at the end, so an
+error leaves no output. Errors are one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+PROG = "dequant-edit"
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+SCORE_CHOICES = ("color", "neg", "freq", "int", "cmap")
+CUE_CHOICES = ("T", "G", "L", "none")
+
+RESOLUTION_NOTE = (
+    "The model runs at its training resolution: the photo is resized so that its short side equals the training "
+    "crop size (aspect ratio kept, sides rounded to a multiple of the UNet's downsampling factor) and the output is "
+    "resized back to the photo's size with bicubic interpolation, so detail finer than the model's resolution is "
+    "not restored. Also writes OUT.palette.png (source and requested colors, matching drawn as lines)."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `prog: error: message` on one line and exit with code 2."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+# --------------------------------------------------------------------------------------------- argument types
+
+def _point(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y in integer pixels, got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `dequant-edit` argument parser with its three subcommands."""
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0] + "\n\n" + RESOLUTION_NOTE,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{quantize,transfer,recolor}")
+
+    q = sub.add_parser("quantize", help="quantize a photo to N colors (no model) and print its palette as hex",
+                       description="Quantize PHOTO to N colors at its own size; print the palette (hex, area).")
+    q.add_argument("photo", metavar="PHOTO")
+    q.add_argument("-n", "--colors", type=_positive, default=16, help="palette size N (1-256, default 16)")
+    q.add_argument("--method", choices=("median_cut", "kmeans"), default="median_cut",
+                   help="quantizer (default median_cut, the authors')")
+    q.add_argument("--space", choices=("rgb", "lab"), default="rgb", help="k-means color space (default rgb)")
+    q.add_argument("-o", "--output", required=True, metavar="OUT", help="output image (png, jpg, ...)")
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        """Options shared by the subcommands that run the model."""
+        p.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt) or a dequant-export folder")
+        p.add_argument("--cue", choices=CUE_CHOICES, default=None,
+                       help="texture cue; must be the one the checkpoint was trained with (default: it)")
+        p.add_argument("--steps", type=_positive, default=None,
+                       help="sampling steps (default: the checkpoint's sampler, e.g. 27 super27 DDPM steps)")
+        p.add_argument("--sampler", choices=("ddpm_super27", "ddpm", "ddim", "dpmsolver"), default=None,
+                       help="sampler (default: the checkpoint's)")
+        p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+        p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+        p.add_argument("-o", "--output", required=True, metavar="OUT", help="output image (png, jpg, ...)")
+
+    t = sub.add_parser("transfer", help="recolor a photo with another palette (model)",
+                       description="Quantize PHOTO to N colors, match its palette to the target colors and render "
+                                   "the result with the model. " + RESOLUTION_NOTE)
+    t.add_argument("photo", metavar="PHOTO")
+    target = t.add_mutually_exclusive_group(required=True)
+    target.add_argument("--palette", help='target colors as hex, e.g. "#264653,#2a9d8f,#e9c46a"')
+    target.add_argument("--palette-from", metavar="OTHER", help="take the target palette from another image")
+    target.add_argument("--colormap", help="sample N target colors from a matplotlib colormap, e.g. viridis")
+    t.add_argument("-n", "--colors", type=_positive, default=16, help="palette size N (1-256, default 16)")
+    t.add_argument("--score", choices=SCORE_CHOICES, default=None,
+                   help="matching score (default: cmap for --colormap, else color)")
+    model_args(t)
+
+    r = sub.add_parser("recolor", help="recolor one region of a photo with a flat color (model)",
+                       description="Fill a region of PHOTO with a color and render it with the model, keeping the "
+                                   "rest of the photo. " + RESOLUTION_NOTE)
+    r.add_argument("photo", metavar="PHOTO")
+    region = r.add_mutually_exclusive_group(required=True)
+    region.add_argument("--mask", help="mask image of the photo's size (white = recolor)")
+    region.add_argument("--point", type=_point, metavar="X,Y",
+                        help="recolor the superpixel (SLIC) under pixel X,Y (column, row of the photo)")
+    r.add_argument("--color", required=True, help='the new color as hex, e.g. "#c0392b"')
+    r.add_argument("--keep-texture", action="store_true",
+                   help="give the model the texture cue inside the region too (default: dropped there)")
+    model_args(r)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def palette_path(output: str | os.PathLike) -> Path:
+    """`out.png` -> `out.palette.png` (always PNG)."""
+    p = Path(output)
+    return p.with_name(f"{p.stem}.palette.png")
+
+
+def _check_output(output: str) -> Path:
+    p = Path(output)
+    if p.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"-o must end in one of {list(OUTPUT_SUFFIXES)}, got {output!r}")
+    if p.exists() and p.is_dir():
+        raise ValueError(f"-o {output!r} is a folder")
+    return p
+
+
+def to_hex(color: Tensor | Sequence[float]) -> str:
+    """`(3,)` RGB in [0, 1] -> `#rrggbb`."""
+    values = [int(round(float(c) * 255)) for c in color]
+    return "#" + "".join(f"{min(255, max(0, v)):02x}" for v in values)
+
+
+def resize(image: Tensor, height: int, width: int) -> Tensor:
+    """Resize `(3, H, W)` (bicubic; area averaging when shrinking by more than 2x), clipped to [0, 1]."""
+    h, w = image.shape[-2:]
+    if (h, w) == (height, width):
+        return image.clone()
+    hwc = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy(), dtype=np.float32)
+    interp = cv2.INTER_AREA if min(height / h, width / w) < 0.5 else cv2.INTER_CUBIC
+    out = np.clip(cv2.resize(hwc, (width, height), interpolation=interp), 0.0, 1.0).reshape(height, width, 3)
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+
+
+def processing_size(height: int, width: int, short: int, multiple: int) -> tuple[int, int]:
+    """(H', W') with the short side `short`, aspect ratio kept, both rounded to a multiple of `multiple` (>= it)."""
+    scale = short / min(height, width)
+
+    def snap(v: float) -> int:
+        return max(multiple, int(round(v / multiple)) * multiple)
+
+    return snap(height * scale), snap(width * scale)
+
+
+def downsampling_factor(module: Any) -> int:
+    """2 ** (levels - 1) of the model's UNet: the sides the UNet needs to be divisible by."""
+    unet = getattr(module.net, "unet", None)
+    channels = getattr(getattr(unet, "config", None), "block_out_channels", None)
+    return 2 ** (len(channels) - 1) if channels else 1
+
+
+def palette_figure(source: Tensor, target: Tensor | None = None, mapping: Sequence[int] | Tensor | None = None,
+                   source_fractions: Tensor | None = None) -> Tensor:
+    """Swatches `(3, H, W)`: source colors left (hex, area), target colors right, lines from sources to matches."""
+    source = source.float().cpu()
+    target = None if target is None else target.float().cpu()
+    ks, kt = source.shape[0], 0 if target is None else target.shape[0]
+    rows = max(ks, kt)
+    row = max(4, min(28, 1400 // rows))
+    pad, sw, gap = 8, 40, 80
+    text_w = 96 if row >= 12 else 0
+    left_x, right_x = pad, pad + sw + text_w + gap
+    width = (right_x + sw + text_w + pad) if target is not None else (left_x + sw + text_w + pad)
+    img = Image.new("RGB", (width, pad * 2 + rows * row), "white")
+    draw = ImageDraw.Draw(img)
+
+    def y(i: int, k: int) -> int:
+        return pad + (rows - k) * row // 2 + i * row  # the shorter column is centered
+
+    def rgb(c: Tensor) -> tuple[int, int, int]:
+        return tuple(int(round(float(v) * 255)) for v in c.clamp(0, 1))  # type: ignore[return-value]
+
+    if target is not None and mapping is not None:
+        for i, j in enumerate([int(m) for m in mapping]):
+            draw.line([(left_x + sw + text_w, y(i, ks) + row // 2), (right_x - 2, y(j, kt) + row // 2)],
+                      fill=(90, 90, 90), width=1 if row < 12 else 2)
+    columns = [(left_x, source, source_fractions, ks)]
+    if target is not None:
+        columns.append((right_x, target, None, kt))
+    for x0, colors, fractions, k in columns:
+        for i, c in enumerate(colors):
+            draw.rectangle([x0, y(i, k) + 1, x0 + sw, y(i, k) + row - 1], fill=rgb(c), outline=(0, 0, 0))
+            if text_w:
+                label = to_hex(c) + ("" if fractions is None else f" {100 * float(fractions[i]):.1f}%")
+                draw.text((x0 + sw + 4, y(i, k) + row // 2 - 5), label, fill=(0, 0, 0))
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def write_outputs(images: dict[Path, Tensor]) -> None:
+    """Write every image under a temporary name first, then rename them all: an error leaves none behind."""
+    from dequant.data.io import save_rgb
+
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, image in images.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+            os.close(fd)
+            staged.append((Path(tmp), path))
+            save_rgb(image, tmp)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+
+
+def _load_photo(path: str, name: str = "PHOTO") -> Tensor:
+    from dequant.data.io import ImageLoadError, load_rgb
+
+    try:
+        return load_rgb(path)
+    except ImageLoadError as err:
+        raise ValueError(f"{name} {err.path}: cannot read the image ({err.reason})") from err
+
+
+def _hex_palette(text: str, name: str) -> Tensor:
+    from dequant.color.matching import palette_from_hex
+
+    try:
+        return palette_from_hex(text)
+    except ValueError as err:
+        raise ValueError(f"{name}: {str(err).replace('colors: ', '')}") from err
+
+
+class _Model:
+    """A loaded checkpoint with what the edits need from its training config."""
+
+    def __init__(self, ckpt: str, device: str | None) -> None:
+        from dequant.evaluation.runner import build_matcher, build_quantizer, checkpoint_crop_size, checkpoint_cue
+        from dequant.export import load_any, read_dequant_config
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            self.config = read_dequant_config(ckpt)
+            self.cue = checkpoint_cue(self.config)
+            self.crop = checkpoint_crop_size(self.config)
+            self.quantizer = build_quantizer(None, self.config)
+            self.match = build_matcher(None, self.config)
+            self.module = load_any(ckpt, map_location=dev)
+        except Exception as err:  # noqa: BLE001 - a foreign checkpoint fails in torch, Hydra or diffusers
+            raise ValueError(f"--ckpt {ckpt}: not a usable dequant model ({one_line(str(err), 300)})") from err
+        channels = getattr(self.module.net, "hint_channels", None)
+        if channels != 7:
+            raise ValueError(f"--ckpt {ckpt}: the model takes {channels} hint channels, dequant-edit makes 7")
+        self.factor = downsampling_factor(self.module)
+
+    def check_cue(self, cue: str | None) -> None:
+        """`--cue` must name the cue the checkpoint was trained with."""
+        if cue is not None and cue != self.cue.mode:
+            raise ValueError(f"--cue {cue}: the checkpoint was trained with the {self.cue.mode!r} texture cue "
+                             f"(pass --cue {self.cue.mode} or leave --cue out)")
+
+    def size_for(self, height: int, width: int) -> tuple[int, int]:
+        """The processing size of a photo (see RESOLUTION_NOTE)."""
+        return processing_size(height, width, self.crop, self.factor)
+
+    def sampler_spec(self, sampler: str | None, steps: int | None) -> Any:
+        """The sampler to use: the checkpoint's unless `--sampler` / `--steps` override it (checked now)."""
+        import dataclasses
+
+        from dequant.models.sampling import as_sampler_spec
+
+        try:
+            spec = as_sampler_spec(sampler) if sampler is not None else self.module.sampler_spec
+            return dataclasses.replace(spec, steps=steps) if steps is not None else spec
+        except ValueError as err:
+            raise ValueError(f"--sampler/--steps: {err}") from err
+
+    def sample(self, h: Tensor, spec: Any, seed: int) -> Tensor:
+        """One output `(3, H, W)` for one hint `(7, H, W)`."""
+        return self.module.sample(h[None], sampler=spec, seed=seed)[0].float().cpu().clamp(0, 1)
+
+
+# --------------------------------------------------------------------------------------------- subcommands
+
+def run_quantize(args: argparse.Namespace) -> dict[Path, Tensor]:
+    """Quantize the photo at its own size; print the palette; return the images to write."""
+    from dequant.color.quantize import quantize
+
+    out = _check_output(args.output)
+    if int(args.colors) > 256:
+        raise ValueError(f"-n must be at most 256, got {args.colors}")
+    photo = _load_photo(args.photo)
+    if args.method == "median_cut" and args.space != "rgb":
+        raise ValueError("--space lab needs --method kmeans (median cut works in RGB)")
+    q = quantize(photo, int(args.colors), method=args.method, space=args.space)
+    for color, frac in zip(q.palette, q.fractions):
+        print(f"{to_hex(color)}  {100 * float(frac):5.1f}%")
+    print(",".join(to_hex(c) for c in q.palette))
+    return {out: q.image.float(), palette_path(out): palette_figure(q.palette, source_fractions=q.fractions)}
+
+
+def _target_palette(args: argparse.Namespace, n: int, quantizer: Any, size: tuple[int, int],
+                    other: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """(target palette, its area fractions or None) from --palette, --colormap or --palette-from."""
+    from dequant.color.matching import colormap_palette
+
+    if args.palette is not None:
+        return _hex_palette(args.palette, "--palette"), None
+    if args.colormap is not None:
+        return colormap_palette(args.colormap, n), None
+    q = quantizer(resize(other, *size), n)
+    return q.palette.float(), q.fractions
+
+
+def run_transfer(args: argparse.Namespace) -> dict[Path, Tensor]:
+    """Palette transfer with the model; return the images to write."""
+    from dequant.color.hint import hint
+    from dequant.color.matching import transfer
+
+    out = _check_output(args.output)
+    n = int(args.colors)
+    if n > 256:
+        raise ValueError(f"-n must be at most 256, got {n}")
+    if args.palette is not None:
+        _hex_palette(args.palette, "--palette")  # malformed hex fails before the model loads
+    if args.colormap is not None:
+        from dequant.color.matching import colormap_palette
+
+        try:
+            colormap_palette(args.colormap, 1)
+        except ValueError as err:
+            raise ValueError(f"--colormap {args.colormap!r}: not a matplotlib colormap") from err
+    photo = _load_photo(args.photo)
+    other = None if args.palette_from is None else _load_photo(args.palette_from, "--palette-from")
+    model = _Model(args.ckpt, args.device)
+    model.check_cue(args.cue)
+    spec = model.sampler_spec(args.sampler, args.steps)
+    size = model.size_for(*photo.shape[-2:])
+    x = resize(photo, *size)
+    q = model.quantizer(x, n)
+    target, target_fractions = _target_palette(args, n, model.quantizer, size, other)
+    score = args.score or ("cmap" if args.colormap is not None else "color")
+    if score == "freq" and target_fractions is None:
+        # Hex and colormap palettes carry no areas: every target color counts equally.
+        target_fractions = torch.full((target.shape[0],), 1.0 / target.shape[0])
+    mapping = model.match(q.palette, target, score=score, source_fractions=q.fractions,
+                          target_fractions=target_fractions)
+    moved = transfer(q, target, mapping)
+    h = hint(moved.image.float(), model.cue(x), mode="palette", n_colors=n, keep_texture=True,
+             cue_mode=model.cue.mode, g_neutral=model.cue.g_neutral)
+    result = model.sample(h, spec, args.seed)
+    full = resize(result, *photo.shape[-2:])
+    return {out: full, palette_path(out): palette_figure(q.palette, target, mapping, q.fractions)}
+
+
+def _read_mask(path: str, height: int, width: int) -> Tensor:
+    mask_rgb = _load_photo(path, "--mask")
+    if tuple(mask_rgb.shape[-2:]) != (height, width):
+        raise ValueError(f"--mask {path}: size {mask_rgb.shape[-1]}x{mask_rgb.shape[-2]} differs from the photo's "
+                         f"{width}x{height}")
+    mask = mask_rgb.mean(dim=0) > 0.5
+    if not bool(mask.any()):
+        raise ValueError(f"--mask {path}: the mask is empty (no pixel brighter than 50% gray)")
+    return mask
+
+
+def run_recolor(args: argparse.Namespace) -> dict[Path, Tensor]:
+    """Patch recoloring with the model; return the images to write."""
+    from dequant.color.hint import fill_mask, hint
+    from dequant.color.masks import mask_from_point
+
+    out = _check_output(args.output)
+    color = _hex_palette(args.color, "--color")
+    if color.shape[0] != 1:
+        raise ValueError(f"--color must be one hex color, got {color.shape[0]}: {args.color!r}")
+    photo = _load_photo(args.photo)
+    height, width = photo.shape[-2:]
+    full_mask = None
+    if args.mask is not None:
+        full_mask = _read_mask(args.mask, height, width)
+    else:
+        px, py = args.point
+        if not (0 <= px < width and 0 <= py < height):
+            raise ValueError(f"--point {px},{py} lies outside the photo ({width}x{height}: X in [0, {width - 1}], "
+                             f"Y in [0, {height - 1}])")
+    model = _Model(args.ckpt, args.device)
+    model.check_cue(args.cue)
+    spec = model.sampler_spec(args.sampler, args.steps)
+    size = model.size_for(height, width)
+    x = resize(photo, *size)
+    if full_mask is not None:
+        small = cv2.resize(full_mask.float().numpy(), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        mask = torch.from_numpy(small >= 0.5)
+        if not bool(mask.any()):
+            raise ValueError(f"--mask {args.mask}: the region vanishes at the model's resolution "
+                             f"{size[1]}x{size[0]}; draw a larger region")
+    else:
+        col = min(size[1] - 1, int(px * size[1] / width))
+        row = min(size[0] - 1, int(py * size[0] / height))
+        mask = mask_from_point(x, col, row)
+    filled = fill_mask(x, mask, color[0])
+    h = hint(filled, model.cue(x), mode="patch", mask=mask, keep_texture=bool(args.keep_texture),
+             cue_mode=model.cue.mode, g_neutral=model.cue.g_neutral)
+    result = model.sample(h, spec, args.seed)
+    full = resize(result, height, width)
+    region_mean = x[:, mask].mean(dim=1)[None]
+    return {out: full, palette_path(out): palette_figure(region_mean, color, [0])}
+
+
+COMMANDS = {"quantize": run_quantize, "transfer": run_transfer, "recolor": run_recolor}
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """An error message on one line, cut to `limit` characters (state-dict mismatches run to pages)."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script `dequant-edit`; returns the exit code (2 on any bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        images = COMMANDS[args.command](args)
+        write_outputs(images)
+    except (ValueError, OSError) as err:
+        print(f"{PROG} {args.command}: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
+    for path in images:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

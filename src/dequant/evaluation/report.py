@@ -1,0 +1,288 @@
+"""Evaluation tables: per-image metric rows -> mean and standard error per (test, setting, method), CSV and Markdown.
+
+`metrics.csv` has the columns `test, setting, method`, then `<metric>_mean, <metric>_sem` for every metric (empty
+where a metric does not apply, e.g. PSNR without ground truth). `metrics.md` is written to answer the paper's
+question at a glance: per test letter, one block where the model with texture, the model without texture and the
+baselines sit in adjacent rows (mean over the test's settings, best in bold), then the same per setting with
+standard errors. `compare_markdown` puts several runs (e.g. checkpoints trained with the T, G and L cues) side by side.
+
+Command line: `python -m dequant.evaluation.report RUN_DIR [RUN_DIR ...] [-o compare.md]` prints (or writes) the
+comparison of the runs' `metrics.csv` files, each run labelled by its folder name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dequant.metrics import mean_sem
+
+KEYS = ("test", "setting", "method")
+# Display order, label and format of the known metrics; any other metric follows in alphabetical order.
+METRICS: dict[str, tuple[str, str]] = {
+    "l1": ("L1", ".4f"),
+    "smape": ("SMAPE", ".4f"),
+    "psnr": ("PSNR", ".2f"),
+    "ssim": ("SSIM", ".4f"),
+    "palette_de2000": ("palette ΔE00", ".2f"),
+    "palette_err_requant": ("palette err (requant)", ".4f"),
+    "palette_l1_requant": ("palette L1 (requant)", ".4f"),
+    "texture_corr": ("texture corr", ".3f"),
+}
+HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "texture_corr"})
+TEST_TITLES = {
+    "r": "r: reconstruction (ground truth = source)",
+    "h": "h: HSV edit of the palette (ground truth = same edit of the source)",
+    "t": "t: palette transfer from another image (no ground truth)",
+    "p": "p: patch recoloring (mean fill: ground truth = source; random fill: none)",
+    "m": "m: colormap transfer (no ground truth)",
+}
+MODEL = "model"
+
+
+def metric_names(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Metric names present in per-image rows or aggregated rows, in display order."""
+    found: set[str] = set()
+    for row in rows:
+        for key in row:
+            if key in KEYS or key == "image_id":
+                continue
+            found.add(key[: -len("_mean")] if key.endswith("_mean") else key[: -len("_sem")] if key.endswith("_sem")
+                      else key)
+    known = [m for m in METRICS if m in found]
+    return known + sorted(found - set(known))
+
+
+def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per-image rows `{test, setting, method, image_id?, <metric>: value}` -> one row per (test, setting, method)
+    with `<metric>_mean` and `<metric>_sem` over images, in the order the groups first appear."""
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        missing = [k for k in KEYS if k not in row]
+        if missing:
+            raise ValueError(f"rows: every row needs the keys {list(KEYS)}, missing {missing} in {dict(row)}")
+        groups.setdefault(tuple(str(row[k]) for k in KEYS), []).append(row)
+    names = metric_names(rows)
+    out = []
+    for key, members in groups.items():
+        agg: dict[str, Any] = dict(zip(KEYS, key))
+        for name in names:
+            values = [float(r[name]) for r in members if r.get(name) is not None]
+            if values:
+                agg[f"{name}_mean"], agg[f"{name}_sem"] = mean_sem(values)
+        out.append(agg)
+    return out
+
+
+def csv_columns(aggregated: Sequence[Mapping[str, Any]]) -> list[str]:
+    """`test, setting, method`, then mean and sem of every metric."""
+    return [*KEYS, *(f"{m}_{s}" for m in metric_names(aggregated) for s in ("mean", "sem"))]
+
+
+def _atomic_text(text: str, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_csv(aggregated: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write aggregated rows as `metrics.csv` (atomically); missing metrics are empty cells."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=csv_columns(aggregated), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in aggregated:
+        writer.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    return _atomic_text(buf.getvalue(), Path(path))
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a `metrics.csv` back (numbers as floats, empty cells dropped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"path: no metrics.csv at {p}")
+    rows = []
+    with p.open(newline="", encoding="utf-8") as f:
+        for raw in csv.DictReader(f):
+            rows.append({k: (v if k in KEYS else float(v)) for k, v in raw.items() if v != ""})
+    return rows
+
+
+def _letter(test: str) -> str:
+    return test.split("_", 1)[0]
+
+
+def _method_label(test: str, method: str) -> str:
+    if method != MODEL:
+        return method
+    return "model, texture given" if test.endswith("_tex") else "model, texture dropped"
+
+
+def _fmt(name: str, value: float | None, sem: float | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    spec = METRICS.get(name, ("", ".4g"))[1]
+    text = format(value, spec)
+    return text if sem is None else f"{text} ± {format(sem, spec)}"
+
+
+def _header(name: str) -> str:
+    label = METRICS.get(name, (name, ""))[0]
+    return f"{label} {'↑' if name in HIGHER_IS_BETTER else '↓'}"
+
+
+Cells = dict[str, tuple[float, float | None]]
+
+
+def _table(rows: list[tuple[list[str], Cells]], lead: list[str], names: list[str]) -> str:
+    """A Markdown table: leading text columns, then one column per metric with the best value in bold."""
+    best: dict[str, float] = {}
+    for name in names:
+        values = [cells[name][0] for _, cells in rows if name in cells]
+        if len(values) > 1:
+            best[name] = max(values) if name in HIGHER_IS_BETTER else min(values)
+    lines = ["| " + " | ".join([*lead, *(_header(n) for n in names)]) + " |",
+             "|" + "---|" * (len(lead) + len(names))]
+    for texts, cells in rows:
+        out = list(texts)
+        for name in names:
+            if name not in cells:
+                out.append("–")
+                continue
+            mean, sem = cells[name]
+            text = _fmt(name, mean, sem)
+            out.append(f"**{text}**" if name in best and mean == best[name] else text)
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+def _blocks(aggregated: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, list[Mapping[str, Any]]]]]:
+    """letter -> setting -> method label -> rows (baselines are the same with and without texture: kept once)."""
+    out: dict[str, dict[str, dict[str, list[Mapping[str, Any]]]]] = {}
+    for row in aggregated:
+        test, setting, method = (str(row[k]) for k in KEYS)
+        label = _method_label(test, method)
+        per_setting = out.setdefault(_letter(test), {}).setdefault(setting, {})
+        if method != MODEL and label in per_setting:
+            continue
+        per_setting.setdefault(label, []).append(row)
+    return out
+
+
+def _method_order(labels: Iterable[str]) -> list[str]:
+    labels = list(dict.fromkeys(labels))
+    models = [m for m in ("model, texture given", "model, texture dropped") if m in labels]
+    return models + [m for m in labels if m not in models]
+
+
+def markdown(aggregated: Sequence[Mapping[str, Any]], title: str = "Evaluation", notes: Sequence[str] = ()) -> str:
+    """The readable `metrics.md`: per test, a summary over settings, then every setting with standard errors."""
+    names = metric_names(aggregated)
+    blocks = _blocks(aggregated)
+    parts = [f"# {title}", ""]
+    parts += [*notes, ""] if notes else []
+    parts += ["Mean ± standard error over images; ↑ higher is better, ↓ lower is better; **bold**: best method "
+              "in the block. `model, texture given` is the `<letter>_tex` test, `model, texture dropped` the "
+              "`<letter>` test; baselines are computed once per setting (they see no texture cue).", "",
+              "## At a glance (mean over each test's settings)", ""]
+    for letter, per_setting in blocks.items():
+        used = [n for n in names if any(f"{n}_mean" in r for rs in per_setting.values() for rows in rs.values()
+                                        for r in rows)]
+        methods = _method_order(m for rs in per_setting.values() for m in rs)
+        rows = []
+        for method in methods:
+            cells = {}
+            for name in used:
+                values = [r[f"{name}_mean"] for rs in per_setting.values() for r in rs.get(method, [])
+                          if f"{name}_mean" in r]
+                if values:
+                    cells[name] = (sum(values) / len(values), None)
+            rows.append(([method], cells))
+        parts += [f"### {TEST_TITLES.get(letter, letter)}", "", _table(rows, ["method"], used), ""]
+    parts += ["## Per setting", ""]
+    for letter, per_setting in blocks.items():
+        parts += [f"### {TEST_TITLES.get(letter, letter)}", ""]
+        for setting, methods in per_setting.items():
+            used = [n for n in names if any(f"{n}_mean" in r for rows in methods.values() for r in rows)]
+            rows = [([method], {n: (r[f"{n}_mean"], r.get(f"{n}_sem")) for r in methods[method][:1] for n in used
+                                if f"{n}_mean" in r}) for method in _method_order(methods)]
+            parts += [f"#### {letter} {setting}", "", _table(rows, ["method"], used), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write_markdown(aggregated: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "Evaluation",
+                   notes: Sequence[str] = ()) -> Path:
+    """Write `metrics.md` atomically."""
+    return _atomic_text(markdown(aggregated, title, notes), Path(path))
+
+
+def compare_markdown(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """Several runs side by side (e.g. one checkpoint per cue): per test, the model rows of every run, then each
+    baseline once (from the first run that has it), each a mean over the test's settings."""
+    if not runs:
+        raise ValueError("runs must hold at least one run")
+    all_rows = [r for rows in runs.values() for r in rows]
+    names = metric_names(all_rows)
+    letters = list(dict.fromkeys(_letter(str(r["test"])) for r in all_rows))
+    parts = ["# Comparison of evaluation runs", "",
+             "Means over each test's settings (per-setting means averaged); ↑ higher / ↓ lower is better.", ""]
+    for letter in letters:
+        table_rows, seen_baselines = [], set()
+        for run, rows in runs.items():
+            blocks = _blocks(rows).get(letter, {})
+            for method in _method_order(m for rs in blocks.values() for m in rs):
+                if not method.startswith(MODEL) and method in seen_baselines:
+                    continue
+                seen_baselines.add(method)
+                cells = {}
+                for name in names:
+                    values = [r[f"{name}_mean"] for rs in blocks.values() for r in rs.get(method, [])
+                              if f"{name}_mean" in r]
+                    if values:
+                        cells[name] = (sum(values) / len(values), None)
+                table_rows.append(([run if method.startswith(MODEL) else "baseline", method], cells))
+        used = [n for n in names if any(n in cells for _, cells in table_rows)]
+        parts += [f"## {TEST_TITLES.get(letter, letter)}", "", _table(table_rows, ["run", "method"], used), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m dequant.evaluation.report RUN_DIR ...`: compare the runs' metrics.csv tables."""
+    parser = argparse.ArgumentParser(prog="python -m dequant.evaluation.report", description=main.__doc__)
+    parser.add_argument("runs", nargs="+", help="evaluation run folders (or metrics.csv files)")
+    parser.add_argument("-o", "--output", help="write the Markdown here instead of printing it")
+    args = parser.parse_args(argv)
+    try:
+        runs = {}
+        for run in args.runs:
+            p = Path(run)
+            csv_path = p / "metrics.csv" if p.is_dir() else p
+            label = csv_path.parent.name if csv_path.name == "metrics.csv" else csv_path.stem
+            runs[label if label not in runs else str(csv_path.parent)] = read_csv(csv_path)
+        text = compare_markdown(runs)
+    except ValueError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    if args.output:
+        _atomic_text(text, Path(args.output))
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

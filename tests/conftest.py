@@ -1,0 +1,73 @@
+"""Shared fixtures. Evaluation / edit / export fixtures are named `tiny_*` and are self-contained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSET_IMAGES = ROOT / "src" / "dequant" / "assets" / "images"
+# (shipped photo, downsized (height, width)): two landscapes of different aspect ratios and a square.
+TINY_PHOTOS = (("chelsea.jpg", (48, 72)), ("coffee.jpg", (40, 60)), ("astronaut.jpg", (40, 40)))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained for 2 steps once per session (train.py's experiment=tiny); returns its run folder.
+
+    Its sampler is DDIM with 2 steps, so every sample the tests draw is cheap.
+    """
+    from hydra import compose, initialize_config_dir
+
+    from dequant.config import conf_dir
+    from dequant.training import train
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    overrides = ["experiment=tiny", f"paths.run_dir={run_dir}", "sampler=ddim", "sampler.steps=2",
+                 "trainer.max_steps=2", "trainer.val_check_interval=2",
+                 "callbacks.model_checkpoint.every_n_train_steps=2"]
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    train(cfg)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_run: Path) -> Path:
+    """The tiny run's last.ckpt."""
+    return tiny_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint exported with dequant-export."""
+    from dequant.export import export
+
+    return export(tiny_ckpt, tmp_path_factory.mktemp("tiny_export") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Downsized PNG copies of three shipped photos (sizes in TINY_PHOTOS), in one folder."""
+    from dequant.data.io import load_rgb, save_rgb
+
+    folder = tmp_path_factory.mktemp("tiny_photos")
+    out = []
+    for name, size in TINY_PHOTOS:
+        image = F.interpolate(load_rgb(ASSET_IMAGES / name)[None], size=size, mode="area")[0]
+        out.append(save_rgb(image.clamp(0, 1), folder / f"{Path(name).stem}.png"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_images() -> torch.Tensor:
+    """Two 32x32 held-out-like images (the first two shipped photos, area-downsized)."""
+    from dequant.data.io import load_rgb
+
+    names = [name for name, _ in TINY_PHOTOS[:2]]
+    return torch.stack([F.interpolate(load_rgb(ASSET_IMAGES / n)[None], size=(32, 32), mode="area")[0]
+                        for n in names]).clamp(0, 1)

@@ -1,0 +1,174 @@
+"""dequant-edit end to end on downsized shipped photos with the tiny checkpoint, and every bad input."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dequant.data.io import load_rgb, save_rgb
+from dequant.edit import main, palette_path, processing_size
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_processing_size_keeps_aspect_and_divisibility() -> None:
+    assert processing_size(300, 451, 32, 2) == (32, 48)
+    assert processing_size(451, 300, 32, 2) == (48, 32)
+    assert processing_size(100, 100, 64, 8) == (64, 64)
+    h, w = processing_size(333, 1000, 64, 8)
+    assert h == 64 and w % 8 == 0 and abs(w / h - 1000 / 333) < 8 / 64
+    assert processing_size(10, 5000, 16, 4)[0] == 16
+
+
+def test_quantize_prints_the_palette_and_keeps_the_size(tiny_photos, tmp_path, capsys) -> None:
+    out = tmp_path / "q.png"
+    code, stdout, _ = run(capsys, "quantize", tiny_photos[0], "-n", "6", "-o", out)
+    assert code == 0
+    hexes = re.findall(r"^(#[0-9a-f]{6})\s+[\d.]+%$", stdout, flags=re.M)
+    assert 1 <= len(hexes) <= 6 and ",".join(hexes) in stdout.splitlines()
+    image = load_rgb(out)
+    assert image.shape == load_rgb(tiny_photos[0]).shape
+    colors = {tuple(int(round(v * 255)) for v in px) for px in image.reshape(3, -1).t().tolist()}
+    assert colors == {tuple(int(h[i:i + 2], 16) for i in (1, 3, 5)) for h in hexes}
+    assert palette_path(out).is_file()
+
+
+@pytest.mark.parametrize("target", [
+    ["--palette", "#264653,#2a9d8f,#e9c46a,#f4a261,#e76f51"],
+    ["--palette-from", "OTHER"],
+    ["--colormap", "viridis", "--score", "neg"],
+])
+def test_transfer_end_to_end(tiny_ckpt, tiny_photos, tmp_path, capsys, target) -> None:
+    target = [str(tiny_photos[1]) if t == "OTHER" else t for t in target]
+    out = tmp_path / "t.png"
+    code, stdout, err = run(capsys, "transfer", tiny_photos[0], "--ckpt", tiny_ckpt, *target, "-n", "8", "-o", out)
+    assert code == 0, err
+    assert load_rgb(out).shape == load_rgb(tiny_photos[0]).shape
+    assert load_rgb(palette_path(out)).shape[0] == 3 and f"wrote {out}" in stdout
+
+
+def test_transfer_is_seeded(tiny_ckpt, tiny_photos, tmp_path, capsys) -> None:
+    outs = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        out = tmp_path / f"{name}.png"
+        assert run(capsys, "transfer", tiny_photos[2], "--ckpt", tiny_ckpt, "--colormap", "magma", "--seed", seed,
+                   "--cue", "T", "-o", out)[0] == 0
+        outs.append(load_rgb(out))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+
+
+def test_recolor_with_a_mask_and_with_a_point(tiny_ckpt, tiny_photos, tmp_path, capsys) -> None:
+    photo = load_rgb(tiny_photos[0])
+    mask = torch.zeros_like(photo)
+    mask[:, 10:30, 20:50] = 1.0
+    save_rgb(mask, tmp_path / "mask.png")
+    out = tmp_path / "m.jpg"
+    code, _, err = run(capsys, "recolor", tiny_photos[0], "--ckpt", tiny_ckpt, "--mask", tmp_path / "mask.png",
+                       "--color", "#c0392b", "--keep-texture", "-o", out)
+    assert code == 0, err
+    assert load_rgb(out).shape == photo.shape
+    swatch = load_rgb(palette_path(out))
+    # The requested color is drawn on the right of the swatch figure.
+    target = torch.tensor([0xC0, 0x39, 0x2B]) / 255
+    assert ((swatch - target[:, None, None]).abs().amax(0) < 1e-6).any()
+    code, _, err = run(capsys, "recolor", tiny_photos[0], "--ckpt", tiny_ckpt, "--point", "35,20",
+                       "--color", "#2e86c1", "--sampler", "ddim", "--steps", "3", "-o", tmp_path / "p.png")
+    assert code == 0, err and load_rgb(tmp_path / "p.png").shape == photo.shape
+
+
+def test_edit_from_an_exported_folder(tiny_export, tiny_photos, tmp_path, capsys) -> None:
+    code, _, err = run(capsys, "transfer", tiny_photos[1], "--ckpt", tiny_export, "--colormap", "plasma",
+                       "-o", tmp_path / "e.png")
+    assert code == 0, err
+
+
+def exit_code(argv: list) -> int:
+    """main()'s return value, or the code of the SystemExit argparse raises for malformed arguments."""
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+def _foreign_checkpoints(tiny_ckpt: Path, tmp_path: Path) -> list[Path]:
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, plain)
+    state = torch.load(tiny_ckpt, map_location="cpu", weights_only=False)
+    state["dequant_config"]["module"]["net"]["block_out_channels"] = [8, 16]
+    other = tmp_path / "other_arch.ckpt"
+    torch.save(state, other)
+    text = tmp_path / "text.ckpt"
+    text.write_text("not a checkpoint")
+    return [plain, other, text]
+
+
+def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_ckpt, tiny_photos, tmp_path, capsys) -> None:
+    photo = tiny_photos[0]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    small_mask = tmp_path / "small_mask.png"
+    save_rgb(torch.ones(3, 8, 8), small_mask)
+    black_mask = tmp_path / "black_mask.png"
+    save_rgb(torch.zeros_like(load_rgb(photo)), black_mask)
+    plain, other_arch, text = _foreign_checkpoints(tiny_ckpt, tmp_path)
+    ck = ["--ckpt", tiny_ckpt]
+    cases = {
+        "unreadable photo": ["transfer", broken, *ck, "--colormap", "viridis"],
+        "missing photo": ["recolor", tmp_path / "nope.png", *ck, "--point", "1,1", "--color", "#fff"],
+        "malformed hex palette": ["transfer", photo, *ck, "--palette", "#264653,#2a9d8g"],
+        "malformed hex color": ["recolor", photo, *ck, "--point", "1,1", "--color", "red"],
+        "two colors": ["recolor", photo, *ck, "--point", "1,1", "--color", "#fff,#000"],
+        "unknown colormap": ["transfer", photo, *ck, "--colormap", "no_such_map"],
+        "unreadable palette image": ["transfer", photo, *ck, "--palette-from", broken],
+        "mask of another size": ["recolor", photo, *ck, "--mask", small_mask, "--color", "#fff"],
+        "empty mask": ["recolor", photo, *ck, "--mask", black_mask, "--color", "#fff"],
+        "point outside": ["recolor", photo, *ck, "--point", "72,3", "--color", "#fff"],
+        "negative point": ["recolor", photo, *ck, "--point=-1,3", "--color", "#fff"],
+        "malformed point": ["recolor", photo, *ck, "--point", "3", "--color", "#fff"],
+        "foreign checkpoint": ["transfer", photo, "--ckpt", plain, "--colormap", "viridis"],
+        "another architecture": ["transfer", photo, "--ckpt", other_arch, "--colormap", "viridis"],
+        "not a checkpoint": ["transfer", photo, "--ckpt", text, "--colormap", "viridis"],
+        "missing checkpoint": ["transfer", photo, "--ckpt", tmp_path / "none.ckpt", "--colormap", "viridis"],
+        "cue of another checkpoint": ["transfer", photo, *ck, "--cue", "L", "--colormap", "viridis"],
+        "steps the sampler refuses": ["transfer", photo, *ck, "--colormap", "viridis", "--sampler", "ddpm_super27",
+                                      "--steps", "5"],
+        "too many colors": ["quantize", photo, "-n", "300"],
+        "zero colors": ["quantize", photo, "-n", "0"],
+        "two targets": ["transfer", photo, *ck, "--colormap", "viridis", "--palette", "#fff"],
+        "no target": ["transfer", photo, *ck],
+        "no checkpoint": ["transfer", photo, "--colormap", "viridis"],
+    }
+    for name, argv in cases.items():
+        out = tmp_path / "out" / f"{name.replace(' ', '_')}.png"
+        code = exit_code([*argv, "-o", out])
+        _, err = capsys.readouterr()
+        assert code == 2, name
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "error:" in lines[0], (name, err)
+        assert not out.exists() and not palette_path(out).exists(), name
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    code, _, err = run(capsys, "quantize", photo, "-o", tmp_path / "q.gif")
+    assert code == 2 and "-o must end" in err and not (tmp_path / "q.gif").exists()
+
+
+def test_console_script_and_module_entry_points(tiny_photos, tmp_path) -> None:
+    out = tmp_path / "s.png"
+    proc = subprocess.run([sys.executable, "-m", "dequant.edit", "quantize", str(tiny_photos[2]), "-n", "4",
+                           "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and np.asarray(load_rgb(out)).shape == (3, 40, 40)
+    help_text = subprocess.run([sys.executable, "-m", "dequant.edit", "transfer", "--help"], capture_output=True,
+                               text=True, timeout=120).stdout
+    assert "bicubic" in " ".join(help_text.split()) and "--palette-from" in help_text
