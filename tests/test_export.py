@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dequant.export import export, is_exported, load_any, load_exported, main, read_dequant_config
+from dequant.export import export, is_exported, load_exported, main, read_dequant_config
+from dequant.models.module import load_model
 from dequant.models.module import DequantModule, load_model
 
 
@@ -33,7 +34,7 @@ def test_export_writes_ema_weights_that_sample_identically(tiny_ckpt: Path, tiny
     torch.testing.assert_close(exported.sample(h, seed=5), ema_out, rtol=0, atol=0)
     # The EMA weights, not the training weights, were exported.
     assert not torch.allclose(trained.sample(h, seed=5, use_ema=False), ema_out)
-    assert isinstance(load_any(out), DequantModule) and isinstance(load_any(tiny_ckpt), DequantModule)
+    assert isinstance(load_model(out), DequantModule) and isinstance(load_model(tiny_ckpt), DequantModule)
 
 
 def test_cli_refuses_to_overwrite_and_reports_bad_input(tiny_ckpt: Path, tmp_path: Path,

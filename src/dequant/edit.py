@@ -264,7 +264,8 @@ class _Model:
 
     def __init__(self, ckpt: str, device: str | None) -> None:
         from dequant.evaluation.runner import build_matcher, build_quantizer, checkpoint_crop_size, checkpoint_cue
-        from dequant.export import load_any, read_dequant_config
+        from dequant.export import read_dequant_config
+        from dequant.models.module import load_model
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -273,7 +274,7 @@ class _Model:
             self.crop = checkpoint_crop_size(self.config)
             self.quantizer = build_quantizer(None, self.config)
             self.match = build_matcher(None, self.config)
-            self.module = load_any(ckpt, map_location=dev)
+            self.module = load_model(ckpt, map_location=dev)
         except Exception as err:  # noqa: BLE001 - a foreign checkpoint fails in torch, Hydra or diffusers
             raise ValueError(f"--ckpt {ckpt}: not a usable dequant model ({one_line(str(err), 300)})") from err
         channels = getattr(self.module.net, "hint_channels", None)

@@ -162,16 +162,6 @@ def load_exported(path: str | os.PathLike, map_location: str | torch.device = "c
     return module
 
 
-def load_any(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """A DequantModule from a Lightning checkpoint file or an exported folder."""
-    from dequant.models.module import load_model
-
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"checkpoint {str(p)!r} does not exist")
-    return load_exported(p, map_location) if p.is_dir() else load_model(p, map_location)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script `dequant-export CKPT DIR`."""
     parser = argparse.ArgumentParser(

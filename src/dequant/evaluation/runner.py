@@ -260,7 +260,8 @@ def run_case(case: Case, module: Any, *, baselines: Sequence[Baseline], variants
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured tests; returns run_dir, the aggregated rows and the paths written (rank 0)."""
     from dequant import viz
-    from dequant.export import load_any, read_dequant_config
+    from dequant.export import read_dequant_config
+    from dequant.models.module import load_model
     from dequant.models.sampling import as_sampler_spec
 
     ckpt = check_ckpt_path(cfg)
@@ -284,7 +285,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     fabric = instantiate(cfg.fabric)
     fabric.launch()
     rank, world = fabric.global_rank, fabric.world_size
-    module = load_any(ckpt).to(fabric.device)
+    module = load_model(ckpt).to(fabric.device)
     module.eval()
 
     n = len(files)
