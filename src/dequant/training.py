@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers import CSVLogger
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dequant.callbacks import (
+    LAST_NAME,
+    AtomicCheckpointIO,
+    PreemptionCheckpoint,
+    checkpoint_problem,
+    remove_partial_checkpoints,
+    resumable_checkpoint,
+)
 from dequant.config import to_container
+from dequant.data.datamodule import DequantDataModule
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +40,43 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]} ({a!r} in the checkpoint, {b!r} now)"]
 
 
-def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """Turn `ckpt_path` (None, "last" or a path) into a file path; "last" with no checkpoint yet means a fresh start."""
+def resolve_checkpoint(ckpt_path: str | None, run_dir: Path, checkpoint_dir: Path | None = None) -> str | None:
+    """Turn `ckpt_path` (None, "last" or a path) into a checked file path.
+
+    "last" is the newest checkpoint of the run's checkpoint folder that can resume training: `last.ckpt`, or when
+    that one is truncated or corrupt the newest good `step*.ckpt` (each skipped file is logged with its problem);
+    no checkpoint at all means a fresh start, only bad ones is a ValueError. An explicit path must be usable.
+    """
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if last.exists():
-            return str(last)
-        log.info("ckpt_path=last but %s holds no checkpoint yet: starting from scratch", last.parent)
-        return None
+        folder = checkpoint_dir if checkpoint_dir is not None else run_dir / "checkpoints"
+        found, skipped = resumable_checkpoint(folder)
+        for line in skipped:
+            log.warning("ckpt_path=last: skipping unusable checkpoint %s", line)
+        if found is None and skipped:
+            raise ValueError(f"ckpt_path=last: no usable checkpoint in {folder}; every candidate is damaged ("
+                             + "; ".join(skipped) + "). Pass ckpt_path=null to start over in another folder.")
+        if found is None:
+            log.info("ckpt_path=last but %s holds no checkpoint yet: starting from scratch", folder)
+            return None
+        if skipped:
+            log.warning("ckpt_path=last: resuming from %s, the newest checkpoint that is intact", found)
+        return str(found)
     path = Path(ckpt_path)
     if not path.is_file():
         raise ValueError(f"ckpt_path: no checkpoint file at {path}")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"ckpt_path: {path} cannot resume training: {problem}")
     return str(path)
+
+
+def _checkpoint_dir(cfg: DictConfig, run_dir: Path) -> Path:
+    """The folder the periodic checkpoints go to (the model_checkpoint callback's dirpath, else run_dir/checkpoints)."""
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    dirpath = node.get("dirpath") if hasattr(node, "get") else None
+    return Path(dirpath) if dirpath else run_dir / "checkpoints"
 
 
 def check_checkpoint_matches(ckpt: str, cfg: dict[str, Any]) -> None:
@@ -69,6 +104,18 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     return loggers
 
 
+@rank_zero_only
+def _keep_earlier_csv_metrics(loggers: list[Any]) -> None:
+    """On resume, move an existing metrics.csv aside (metrics_partN.csv): CSVLogger deletes it when it starts."""
+    for lg in loggers:
+        if isinstance(lg, CSVLogger):
+            metrics = Path(lg.log_dir) / "metrics.csv"
+            if metrics.is_file():
+                n = 1 + len(list(metrics.parent.glob("metrics_part*.csv")))
+                kept = metrics.rename(metrics.with_name(f"metrics_part{n}.csv"))
+                log.info("resuming: the metrics logged so far are kept in %s", kept)
+
+
 def _remember_wandb_id(loggers: list[Any], run_dir: Path) -> None:
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
@@ -88,22 +135,41 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     datamodule.save_split(run_dir)
 
-    ckpt = resolve_checkpoint(cfg.get("ckpt_path"), run_dir)
+    ckpt_dir = _checkpoint_dir(cfg, run_dir)
+    remove_partial_checkpoints(ckpt_dir)
+    ckpt = resolve_checkpoint(cfg.get("ckpt_path"), run_dir, ckpt_dir)
     if ckpt is not None:
         check_checkpoint_matches(ckpt, resolved)
 
     # `config` is also instantiate()'s own first parameter, hence the partial.
     module = instantiate(cfg.module, _partial_=True)(config=resolved)
     loggers = _loggers(cfg, run_dir)
+    if ckpt is not None:
+        _keep_earlier_csv_metrics(loggers)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    # Every checkpoint is written atomically (temporary file + rename) unless the trainer config brings its own IO.
+    extra = {} if "plugins" in cfg.trainer else {"plugins": [AtomicCheckpointIO()]}
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **extra)
     if trainer.is_global_zero:
         _remember_wandb_id(loggers, run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    with warnings.catch_warnings():
+        if isinstance(datamodule, DequantDataModule):
+            # Lightning cannot tell that the data module restores the sampler position itself (state_dict).
+            warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        if ckpt is not None:  # resuming into a non-empty run folder is the point (earlier CSV metrics are kept)
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = ckpt_dir / LAST_NAME
+    stopped_by = next((c.received or "a signal on another rank" for c in callbacks
+                       if isinstance(c, PreemptionCheckpoint) and c.saved_path), None)
     result = {"run_dir": str(run_dir), "last_checkpoint": str(last) if last.exists() else None,
-              "global_step": trainer.global_step, "metrics": metrics}
-    log.info("training finished at step %d: %s", trainer.global_step, metrics)
+              "global_step": trainer.global_step, "metrics": metrics, "resumed_from": ckpt,
+              "stopped_by_signal": stopped_by}
+    if stopped_by:
+        log.info("stopped by %s at step %d; resume with ckpt_path=last", stopped_by, trainer.global_step)
+    else:
+        log.info("training finished at step %d: %s", trainer.global_step, metrics)
     return result

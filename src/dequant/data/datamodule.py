@@ -175,7 +175,10 @@ class EpochSampler(Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose keys the next iteration yields (Lightning calls this before every epoch)."""
-        self.epoch = _check_int(epoch, "epoch", 0)
+        epoch = _check_int(epoch, "epoch", 0)
+        if epoch != self.epoch:
+            self.start = 0  # a resume position belongs to the epoch it was saved in (fault tolerance)
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return math.ceil(self.samples_per_epoch / self.world_size)
@@ -354,10 +357,22 @@ class DequantDataModule(LightningDataModule):
         state: dict[str, Any] = {"seed": self.seed, "split_seed": self.split_seed}
         if self._sampler is not None:
             state["sampler"] = self._sampler.state_dict()
+            consumed = self._consumed_in_epoch()
+            if consumed is not None:
+                # Fault tolerance: resume at the exact batch. The position comes from Lightning's batch progress,
+                # not from the sampler, which runs ahead of training by the batches the loader has prefetched.
+                state["sampler"]["start"] = min(consumed, len(self._sampler))
         return state
 
+    def _consumed_in_epoch(self) -> int | None:
+        """Training samples this rank has consumed in the current epoch while fitting (None outside fit)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.state.fn != "fit":
+            return None
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) * self.batch_size
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore from a checkpoint; the next training loader starts at the saved epoch."""
+        """Restore from a checkpoint; the next training loader starts at the saved epoch and position."""
         if state_dict.get("split_seed", self.split_seed) != self.split_seed:
             warnings.warn(f"checkpoint used split_seed {state_dict['split_seed']}, this run uses "
                           f"{self.split_seed}: train/val/test differ from the checkpoint's", stacklevel=2)

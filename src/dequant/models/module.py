@@ -80,6 +80,7 @@ class DequantModule(L.LightningModule):
         samples_dir: str | None = None,
         config: Mapping | None = None,
         seed: int = 0,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
         check_choice(prediction_type, PREDICTION_TYPES, "prediction_type")
@@ -103,6 +104,8 @@ class DequantModule(L.LightningModule):
             raise ValueError(f"cond_dropout must lie in [0, 1], got {cond_dropout}")
         if val_max_images < 0:
             raise ValueError(f"val_max_images must be >= 0, got {val_max_images}")
+        if isinstance(max_nonfinite_steps, bool) or not isinstance(max_nonfinite_steps, int) or max_nonfinite_steps < 0:
+            raise ValueError(f"max_nonfinite_steps must be an int >= 0 (0 = never stop), got {max_nonfinite_steps!r}")
         spec = as_sampler_spec(sampler)
         # save_hyperparameters reads these locals: keep only plain types in them.
         sampler = {"_target_": _SAMPLER_TARGET, **dataclasses.asdict(spec)}
@@ -119,6 +122,11 @@ class DequantModule(L.LightningModule):
         self.ema = EMA(net.trainable_module(), decay=ema_decay) if use_ema else None
         self._val_count = 0
         self._val_rows: list[dict[str, Tensor]] = []
+        # Non-finite guard (fault tolerance, see on_before_optimizer_step): counters are saved in checkpoints.
+        self._last_loss: Tensor | None = None
+        self._step_skipped = False
+        self._nonfinite_total = 0
+        self._nonfinite_in_row = 0
 
     # ----------------------------------------------------------------------------------------------- helpers
     @contextlib.contextmanager
@@ -172,16 +180,52 @@ class DequantModule(L.LightningModule):
         """One diffusion training step; logs `train/loss`."""
         loss = self.diffusion_loss(batch, self._step_generator(batch_idx))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["target"].shape[0])
+        self._last_loss = loss.detach()
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip an update whose loss or gradients are not finite (no optimizer step, no EMA update) and count it.
+
+        The gradients are dropped (set to None), so AdamW leaves every weight and its moments as they were. After
+        `max_nonfinite_steps` such steps in a row training stops with FloatingPointError; checkpoints already
+        written are never overwritten with a bad state because no bad update is ever applied. Under a GradScaler
+        (fp16-mixed) overflowing gradients are the scaler's business (it skips them and lowers the scale), so only
+        a non-finite loss counts there.
+        """
+        self._step_skipped = False
+        checks = [] if self._last_loss is None else [self._last_loss.float().reshape(())]
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            grads = [p.grad for p in self.net.trainable_module().parameters() if p.grad is not None]
+            if grads:
+                checks.append(torch.nn.utils.get_total_norm(grads, norm_type=float("inf")).float().to(self.device))
+        bad = bool(checks) and not bool(torch.isfinite(torch.stack(checks)).all())
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)  # every rank skips, or none does
+        if bad:
+            optimizer.zero_grad(set_to_none=True)
+            self._step_skipped = True
+            self._nonfinite_total += 1
+            self._nonfinite_in_row += 1
+        else:
+            self._nonfinite_in_row = 0
+        self.log("train/nonfinite_steps", float(self._nonfinite_total), batch_size=1)
+        limit = int(self.hparams.max_nonfinite_steps)
+        if bad and limit and self._nonfinite_in_row >= limit:
+            raise FloatingPointError(
+                f"training stopped at step {self.trainer.global_step}: {self._nonfinite_in_row} steps in a row had a "
+                f"non-finite loss or gradient (module.max_nonfinite_steps={limit}); those steps were skipped, the "
+                "weights are unchanged since the last finite step and the checkpoints on disk are intact. Lower the "
+                "learning rate or check the data, then resume with ckpt_path=last.")
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step the optimizer, then the EMA: once per optimizer step (not per micro-batch under accumulation).
 
         Done here rather than in `on_train_batch_end` because callbacks (checkpointing) see a batch's end before the
-        module does, and a checkpoint must hold the EMA of the weights it holds.
+        module does, and a checkpoint must hold the EMA of the weights it holds. A skipped (non-finite) step leaves
+        the EMA alone too.
         """
         super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
+        if self.ema is not None and not self._step_skipped:
             self.ema.update(self.net.trainable_module())
 
     def configure_optimizers(self) -> dict:
@@ -334,11 +378,15 @@ class DequantModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the full run config so `load_model` can rebuild the module without Hydra files."""
         checkpoint["dequant_config"] = self.dequant_config()
+        checkpoint["nonfinite_steps"] = {"total": self._nonfinite_total, "in_row": self._nonfinite_in_row}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the run config that came with the checkpoint."""
+        """Restore the run config that came with the checkpoint (and the non-finite step counters)."""
         if "dequant_config" in checkpoint:
             self.hparams["config"] = checkpoint["dequant_config"]
+        counts = checkpoint.get("nonfinite_steps") or {}
+        self._nonfinite_total = int(counts.get("total", 0))
+        self._nonfinite_in_row = int(counts.get("in_row", 0))
 
 
 def _net_node(config: Mapping) -> dict:
@@ -390,7 +438,10 @@ def load_model(
     if not path.exists():
         raise ValueError(f"path {str(path)!r} does not exist")
     if path.is_dir():
-        raise ValueError(f"path {str(path)!r} is a folder; load_model reads a Lightning .ckpt file")
+        # A folder written by dequant-export (diffusers weights + dequant_config.json).
+        from dequant.export import load_exported
+
+        return load_exported(path, map_location)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated files and foreign pickles fail in many ways

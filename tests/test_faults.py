@@ -1,0 +1,410 @@
+"""Fault injection: killed and preempted runs resume exactly, checkpoints are atomic and damaged ones are skipped,
+non-finite steps are skipped and counted and stop training when they persist.
+
+The reference is one uninterrupted 12-step run (5 batches per epoch, validation at step 6, a checkpoint every step,
+deterministic, one thread). Every interrupted run must end at step 12 with the same batch at every step (hash of
+hint + target, image ids, batch index, epoch; from the BatchLog callback) and the same weights, EMA and optimizer
+moments within rtol 1e-5 / atol 1e-6 (they come out bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dequant.callbacks import (
+    AtomicCheckpointIO,
+    PreemptionCheckpoint,
+    StepCheckpoint,
+    checkpoint_problem,
+    checkpoint_step,
+    read_batch_log,
+    remove_partial_checkpoints,
+    resumable_checkpoint,
+)
+from dequant.config import conf_dir
+from dequant.data.datamodule import EpochSampler
+from dequant.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_STEPS = 12
+LIMIT = 3  # checkpoints_total_limit of these runs
+RTOL, ATOL = 1e-5, 1e-6
+# Overrides shared by the in-process runs and the train.py subprocesses.
+COMMON = (
+    "experiment=tiny", "sampler=ddim", "sampler.steps=2", f"trainer.max_steps={MAX_STEPS}",
+    "trainer.val_check_interval=6", "data.samples_per_epoch=10", "data.batch_size=2", "trainer.deterministic=true",
+    "callbacks.model_checkpoint.every_n_train_steps=1",
+    f"callbacks.model_checkpoint.checkpoints_total_limit={LIMIT}", "logger=none", "~callbacks.lr_monitor",
+    "~callbacks.rich_progress_bar", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
+    "+callbacks.batch_log._target_=dequant.callbacks.BatchLog",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_and_restored_torch_flags():
+    """One thread (as in the subprocesses); the deterministic flag that Lightning sets is put back afterwards."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def _cfg(run_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return compose("train", overrides=[*COMMON, f"paths.run_dir={run_dir}",
+                                           f"+callbacks.batch_log.path={run_dir / 'batches.jsonl'}", *overrides])
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _assert_same_training_state(a: Path, b: Path) -> None:
+    """Weights, EMA and AdamW moments of two checkpoints agree within RTOL/ATOL; same global step."""
+    ca, cb = _ckpt(a), _ckpt(b)
+    assert ca["global_step"] == cb["global_step"]
+    assert ca["state_dict"].keys() == cb["state_dict"].keys()
+    for k, v in ca["state_dict"].items():
+        torch.testing.assert_close(v, cb["state_dict"][k], rtol=RTOL, atol=ATOL, msg=k)
+    sa, sb = ca["optimizer_states"][0]["state"], cb["optimizer_states"][0]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for name in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(sa[i][name], sb[i][name], rtol=RTOL, atol=ATOL, msg=f"{i}.{name}")
+
+
+def _assert_same_data_order(reference: Path, run: Path) -> None:
+    """Every step saw the same batch (last row per step: a step redone after a resume counts once)."""
+    a, b = read_batch_log(reference / "batches.jsonl"), read_batch_log(run / "batches.jsonl")
+    assert sorted(a) == sorted(b) == list(range(MAX_STEPS))
+    for step in a:
+        assert a[step] == b[step], f"step {step}: {a[step]} vs {b[step]}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run."""
+    run = tmp_path_factory.mktemp("reference")
+    result = train(_cfg(run))
+    assert result["global_step"] == MAX_STEPS and result["stopped_by_signal"] is None
+    return run
+
+
+@pytest.fixture(scope="module")
+def stopped_at_6(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run stopped cleanly after 6 steps (checkpoints step4, step5, step6 and last), to damage and resume."""
+    run = tmp_path_factory.mktemp("stopped_at_6")
+    assert train(_cfg(run, "trainer.max_steps=6"))["global_step"] == 6
+    return run
+
+
+# ----------------------------------------------------------------------------- kill / preempt a real train.py
+
+
+def _launch(run_dir: Path, log_path: Path, *overrides: str) -> subprocess.Popen:
+    cmd = [sys.executable, "train.py", *COMMON, f"hydra.run.dir={run_dir}",
+           f"+callbacks.batch_log.path={run_dir / 'batches.jsonl'}", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with log_path.open("w") as log:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, log_path: Path, timeout: float = 240.0) -> None:
+    """Poll until `path` exists; fail (with the run's log) if the run ends first or it takes too long."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"train.py exited ({proc.returncode}) before {path.name} appeared:\n"
+                        + log_path.read_text()[-3000:])
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{path.name} did not appear within {timeout} s:\n" + log_path.read_text()[-3000:])
+        time.sleep(0.005)
+
+
+def _kill_step(name: str) -> int:
+    """The step whose checkpoint triggers the fault: a seeded draw in [2, 7] (at least 5 steps left to run)."""
+    return int(np.random.default_rng([17, sum(name.encode())]).integers(2, 8))
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_step_then_resume_matches_the_uninterrupted_run(reference: Path, tmp_path: Path) -> None:
+    run, log = tmp_path / "run", tmp_path / "train.log"
+    step = _kill_step("SIGKILL")
+    proc = _launch(run, log)
+    _wait_for(run / "checkpoints" / f"step{step:07d}.ckpt", proc, log)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    # Whatever the kill interrupted, every visible checkpoint is complete (writes are temp file + rename).
+    visible = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert visible and all(checkpoint_problem(p) is None for p in visible), visible
+    killed_at = _ckpt(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert step - 1 <= killed_at < MAX_STEPS
+
+    resume_log = tmp_path / "resume.log"
+    proc = _launch(run, resume_log, "ckpt_path=last")
+    assert proc.wait(timeout=300) == 0, resume_log.read_text()[-3000:]
+    assert "Restored all states" in resume_log.read_text()
+    _assert_same_data_order(reference, run)
+    _assert_same_training_state(reference / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt")
+    files = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert files == ["last.ckpt"] + [f"step{s:07d}.ckpt" for s in range(MAX_STEPS - LIMIT + 1, MAX_STEPS + 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+def test_preemption_signal_saves_last_and_exits_cleanly_then_resumes(sig: str, reference: Path,
+                                                                     tmp_path: Path) -> None:
+    run, log = tmp_path / "run", tmp_path / "train.log"
+    step = _kill_step(sig)
+    proc = _launch(run, log)
+    _wait_for(run / "checkpoints" / f"step{step:07d}.ckpt", proc, log)
+    proc.send_signal(getattr(signal, sig))
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert f"received {sig}: saved" in text and "resume with ckpt_path=last" in text
+    stopped_at = _ckpt(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert step < stopped_at < MAX_STEPS  # stopped early, after the step that was running when the signal came
+
+    result = train(_cfg(run, "ckpt_path=last"))
+    assert result["global_step"] == MAX_STEPS and result["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
+    _assert_same_data_order(reference, run)
+    _assert_same_training_state(reference / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt")
+
+
+def test_preemption_callback_rejects_bad_signals() -> None:
+    with pytest.raises(ValueError, match="SIGFOO"):
+        PreemptionCheckpoint(signals=["SIGFOO"])
+    with pytest.raises(ValueError, match="SIGKILL"):
+        PreemptionCheckpoint(signals=["SIGKILL"])
+
+
+# --------------------------------------------------------------------------------------- atomic checkpoints
+
+_CHILD = r"""
+import io, sys, time
+import torch
+from dequant.callbacks import AtomicCheckpointIO
+
+path, mode = sys.argv[1], sys.argv[2]
+writer = AtomicCheckpointIO()
+writer.save_checkpoint({"state_dict": {"w": torch.zeros(4)}, "global_step": 1, "loops": {}}, path)
+real_save = torch.save
+
+def half_then_hang(obj, f):  # the disk stalls half-way through the bytes
+    buf = io.BytesIO()
+    real_save(obj, buf)
+    f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+    f.flush()
+    print("STALLED", flush=True)
+    time.sleep(600)
+
+def hang(fd):  # all bytes written, stalls before they are durable (and before the rename)
+    print("STALLED", flush=True)
+    time.sleep(600)
+
+if mode == "half_written":
+    torch.save = half_then_hang
+else:
+    import os
+    os.fsync = hang
+writer.save_checkpoint({"state_dict": {"w": torch.ones(100_000)}, "global_step": 2, "loops": {}}, path)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["half_written", "before_rename"])
+def test_sigkill_during_a_checkpoint_write_leaves_the_previous_file_intact(mode: str, tmp_path: Path) -> None:
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(target), mode], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout.readline().strip() == "STALLED"
+    partial = list(target.parent.glob(".last.ckpt.*.partial"))
+    assert len(partial) == 1 and partial[0].stat().st_size > 0
+    proc.kill()
+    proc.wait(timeout=30)
+    assert checkpoint_problem(target) is None and _ckpt(target)["global_step"] == 1
+    assert resumable_checkpoint(target.parent) == (target, [])  # the partial file is not a candidate
+    assert remove_partial_checkpoints(target.parent) == partial and not partial[0].exists()
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_partial(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "last.ckpt"
+    writer = AtomicCheckpointIO()
+    writer.save_checkpoint({"state_dict": {"w": torch.zeros(2)}, "global_step": 1, "loops": {}}, target)
+
+    def disk_full(obj, f):
+        f.write(b"PK\x03\x04 some bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        writer.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "global_step": 2, "loops": {}}, target)
+    monkeypatch.undo()
+    assert _ckpt(target)["global_step"] == 1 and list(tmp_path.iterdir()) == [target]
+    with pytest.raises(FloatingPointError, match="non-finite weights in \\['w'\\]"):
+        writer.save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan")])}, "global_step": 3,
+                                "loops": {}}, target)
+    assert _ckpt(target)["global_step"] == 1 and list(tmp_path.iterdir()) == [target]
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "bit_flips":  # same size, valid zip directory: only the CRCs can tell
+        mid = bytearray(data)
+        for i in range(len(mid) // 2, len(mid) // 2 + 64):
+            mid[i] ^= 0xFF
+        path.write_bytes(bytes(mid))
+    elif how == "garbage":
+        path.write_bytes(b"this is not a checkpoint\n" * 100)
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "bit_flips", "garbage"])
+def test_damaged_checkpoint_is_detected(how: str, stopped_at_6: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "last.ckpt"
+    shutil.copy(stopped_at_6 / "checkpoints" / "last.ckpt", bad)
+    assert checkpoint_problem(bad) is None
+    _damage(bad, how)
+    problem = checkpoint_problem(bad)
+    assert problem is not None and {"truncated": "truncated", "empty": "empty", "bit_flips": "checksum",
+                                    "garbage": "truncated or not a torch checkpoint"}[how] in problem
+    with pytest.raises(ValueError, match="ckpt_path: .*cannot resume training"):
+        train(_cfg(tmp_path / "x", f"ckpt_path={bad}"))
+
+
+def test_corrupt_last_falls_back_to_the_newest_good_step_checkpoint(reference: Path, stopped_at_6: Path,
+                                                                   tmp_path: Path, caplog) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(stopped_at_6, run)
+    ckpts = run / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("*.ckpt")) == [
+        "last.ckpt", "step0000004.ckpt", "step0000005.ckpt", "step0000006.ckpt"]
+    _damage(ckpts / "last.ckpt", "truncated")
+    _damage(ckpts / "step0000006.ckpt", "bit_flips")
+    found, skipped = resumable_checkpoint(ckpts)
+    assert found == ckpts / "step0000005.ckpt" and len(skipped) == 2
+    with caplog.at_level("WARNING", logger="dequant.training"):
+        result = train(_cfg(run, "ckpt_path=last"))
+    assert result["resumed_from"] == str(ckpts / "step0000005.ckpt") and result["global_step"] == MAX_STEPS
+    assert "last.ckpt: truncated" in caplog.text and "step0000006.ckpt: corrupt (checksum" in caplog.text
+    assert "resuming from" in caplog.text
+    # Steps 5..11 redone from the step-5 checkpoint: same batches, same final state as the uninterrupted run.
+    _assert_same_data_order(reference, run)
+    _assert_same_training_state(reference / "checkpoints" / "last.ckpt", ckpts / "last.ckpt")
+
+
+def test_every_checkpoint_damaged_is_an_error_not_a_silent_restart(stopped_at_6: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(stopped_at_6, run)
+    for p in (run / "checkpoints").glob("*.ckpt"):
+        _damage(p, "empty")
+    with pytest.raises(ValueError, match="ckpt_path=last: no usable checkpoint .*empty file"):
+        train(_cfg(run, "ckpt_path=last"))
+
+
+def test_checkpoints_total_limit_keeps_the_folder_bounded(reference: Path) -> None:
+    names = sorted(p.name for p in (reference / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step0000010.ckpt", "step0000011.ckpt", "step0000012.ckpt"]
+    assert [checkpoint_step(n) for n in names] == [None, 10, 11, 12]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="checkpoints_total_limit"):
+            StepCheckpoint(checkpoints_total_limit=bad)
+    with pytest.raises(ValueError, match="monitor"):
+        StepCheckpoint(checkpoints_total_limit=2, monitor="val/loss")
+
+
+# ----------------------------------------------------------------------------------------- sampler position
+
+
+def test_sampler_position_belongs_to_its_epoch() -> None:
+    s = EpochSampler(6, 6, seed=0)
+    s.load_state_dict({"epoch": 3, "start": 4})
+    s.set_epoch(3)  # Lightning re-sets the resumed epoch: the position stays
+    assert len(list(s)) == 2
+    s.load_state_dict({"epoch": 3, "start": 6})  # saved at the end of epoch 3
+    s.set_epoch(4)  # the next epoch starts from its beginning
+    assert len(list(s)) == 6
+
+
+# ----------------------------------------------------------------------------------------- numerical faults
+
+
+def _net_and_ema(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = _ckpt(path)
+    state = dict(ckpt["state_dict"])
+    for i, s in ckpt["optimizer_states"][0]["state"].items():
+        state[f"adam.{i}.exp_avg"] = s["exp_avg"]
+        state[f"adam.{i}.step"] = torch.as_tensor(s["step"])
+    return state
+
+
+def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nonfinite_loss_and_gradient_steps_are_skipped_and_counted(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = train(_cfg(run, "trainer.max_steps=8", "callbacks.model_checkpoint.checkpoints_total_limit=null",
+                        "+callbacks.faults._target_=dequant.callbacks.InjectFaults",
+                        "+callbacks.faults.nan_batch_steps=[3]", "+callbacks.faults.inf_grad_steps=[5]"))
+    assert result["global_step"] == 8 and result["metrics"]["train/nonfinite_steps"] == 2.0
+    state = {s: _net_and_ema(run / "checkpoints" / f"step{s:07d}.ckpt") for s in range(3, 9)}
+    # Step index 3 (NaN batch) and 5 (inf gradient) changed nothing: weights, EMA, AdamW moments and step count.
+    _assert_identical(state[4], state[3])
+    _assert_identical(state[6], state[5])
+    assert not torch.equal(state[5]["adam.0.exp_avg"], state[4]["adam.0.exp_avg"])  # normal steps do update
+    assert all(bool(torch.isfinite(v).all()) for v in state[8].values() if v.is_floating_point())
+
+
+def test_persistent_nonfinite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    faults = ("callbacks.model_checkpoint.checkpoints_total_limit=null",
+              "+callbacks.faults._target_=dequant.callbacks.InjectFaults",
+              "+callbacks.faults.nan_batch_steps=[3,4,5,6]")
+    with pytest.raises(FloatingPointError, match="3 steps in a row had a non-finite loss or gradient"):
+        train(_cfg(run, "++module.max_nonfinite_steps=3", "logger=csv", *faults))
+    last = run / "checkpoints" / "last.ckpt"
+    assert checkpoint_problem(last) is None
+    # Stopped during step index 5 (the third bad one) before its checkpoint; last.ckpt is from after step index 4
+    # and, both bad steps having been skipped, holds exactly the weights after the last good step.
+    ckpt = _ckpt(last)
+    assert ckpt["global_step"] == 5 and ckpt["nonfinite_steps"] == {"total": 2, "in_row": 2}
+    _assert_identical(_net_and_ema(last), _net_and_ema(run / "checkpoints" / "step0000003.ckpt"))
+    # The run resumes from it once the data is fixed (no more injected faults); the counter carries on.
+    result = train(_cfg(run, "++module.max_nonfinite_steps=3", "logger=csv", "ckpt_path=last", "trainer.max_steps=7"))
+    assert result["global_step"] == 7 and result["metrics"]["train/nonfinite_steps"] == 2.0
+    # The count is logged every step; the CSV of the run before the resume is kept beside the new one.
+    logged = [_logged(run / "csv" / name, "train/nonfinite_steps") for name in ("metrics_part1.csv", "metrics.csv")]
+    assert logged == [[0.0, 0.0, 0.0, 1.0, 2.0], [2.0, 2.0]]
+
+
+def _logged(path: Path, key: str) -> list[float]:
+    with path.open(newline="") as f:
+        return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
+
+
+def test_max_nonfinite_steps_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="max_nonfinite_steps"):
+        train(_cfg(tmp_path, "++module.max_nonfinite_steps=-1"))
