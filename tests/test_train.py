@@ -117,3 +117,8 @@ def test_ddp_cpu_two_processes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_no_logger_and_no_progress_bar(tmp_path: Path) -> None:
+    result = train(fast(tmp_path, "logger=none", "trainer.enable_progress_bar=false"))
+    assert result["global_step"] == 2 and (tmp_path / "checkpoints" / "last.ckpt").exists()

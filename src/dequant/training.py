@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger
@@ -122,6 +123,20 @@ def _remember_wandb_id(loggers: list[Any], run_dir: Path) -> None:
             (run_dir / WANDB_ID_FILE).write_text(str(lg.version))
 
 
+def _callbacks(cfg: DictConfig, has_logger: bool) -> list[Any]:
+    """The configured callbacks, minus those that cannot work in this run (so logger=none and no progress bar work)."""
+    out = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        callback = instantiate(node)
+        if isinstance(callback, LearningRateMonitor) and not has_logger:
+            log.info("callbacks.%s skipped: it logs learning rates and this run has no logger", name)
+            continue
+        if isinstance(callback, ProgressBar) and cfg.trainer.get("enable_progress_bar") is False:
+            continue
+        out.append(callback)
+    return out
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config; returns the paths and final metrics of the run."""
     run_dir = Path(cfg.paths.run_dir)
@@ -146,7 +161,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _loggers(cfg, run_dir)
     if ckpt is not None:
         _keep_earlier_csv_metrics(loggers)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = _callbacks(cfg, has_logger=bool(loggers))
     # Every checkpoint is written atomically (temporary file + rename) unless the trainer config brings its own IO.
     extra = {} if "plugins" in cfg.trainer else {"plugins": [AtomicCheckpointIO()]}
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **extra)
