@@ -120,7 +120,15 @@ def _keep_earlier_csv_metrics(loggers: list[Any]) -> None:
 def _remember_wandb_id(loggers: list[Any], run_dir: Path) -> None:
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
-            (run_dir / WANDB_ID_FILE).write_text(str(lg.version))
+            # `.experiment` starts (or resumes) the W&B run: before that the logger has no id to remember.
+            (run_dir / WANDB_ID_FILE).write_text(str(lg.experiment.id))
+
+
+def _finish_wandb(loggers: list[Any], exit_code: int) -> None:
+    """Close any W&B run this job opened, so that the next job of a multirun does not log into it."""
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger" and getattr(lg, "_experiment", None) is not None:
+            lg.experiment.finish(exit_code=exit_code)
 
 
 def _callbacks(cfg: DictConfig, has_logger: bool) -> list[Any]:
@@ -174,7 +182,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if ckpt is not None:  # resuming into a non-empty run folder is the point (earlier CSV metrics are kept)
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        except BaseException:
+            _finish_wandb(loggers, exit_code=1)
+            raise
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     last = ckpt_dir / LAST_NAME
