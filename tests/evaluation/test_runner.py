@@ -242,3 +242,15 @@ def test_run_case_rows_per_variant_and_method(tiny_images: torch.Tensor) -> None
     assert sorted({r["test"] for r in rows}) == ["r", "r_tex"] and len(rows) == 8
     bil = [r for r in rows if r["method"] == "bilateral"]
     assert [r["l1"] for r in bil if r["test"] == "r"] == [r["l1"] for r in bil if r["test"] == "r_tex"]
+
+
+def test_configured_matching_score_drives_the_transfer_test(tiny_ckpt: Path, tiny_photos: list[Path],
+                                                            tmp_path: Path) -> None:
+    paths = "[" + ",".join(str(p) for p in tiny_photos[:2]) + "]"
+    common = ["progress=false", "baselines=none", "tests=t", "grid_images=0", f"data.paths={paths}"]
+    rows = {}
+    for score in ("color", "neg"):
+        out = evaluate(eval_cfg(tmp_path / score, tiny_ckpt, *common, f"matching={score}"))
+        rows[score] = report.read_csv(out["metrics_csv"])
+        assert {r["setting"] for r in rows[score]} == {f"score={score} N={n}" for n in (8, 32)}
+    assert [r["palette_de2000_mean"] for r in rows["color"]] != [r["palette_de2000_mean"] for r in rows["neg"]]

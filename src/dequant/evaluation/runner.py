@@ -38,7 +38,8 @@ from dequant.color.cues import TextureCue
 from dequant.color.matching import match_palettes
 from dequant.color.quantize import Quantizer
 from dequant.evaluation import report
-from dequant.evaluation.tests import Case, build_case, case_metrics, image_rngs, parse_tests, settings, variant_name
+from dequant.evaluation.tests import (T_SCORES, Case, build_case, case_metrics, image_rngs, parse_tests, settings,
+                                      variant_name)
 
 log = logging.getLogger(__name__)
 
@@ -301,11 +302,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     grids: dict[str, Tensor] = {}
     n_grid = int(cfg.get("grid_images", 4))
-    total = sum(len(settings(letter)) for letter in letters) * len(batches)
+    # An explicit `matching=<score>` replaces the authors' pair of transfer scores (the matching_cost sweep).
+    t_scores = (cfg.matching.score,) if cfg.get("matching") is not None else T_SCORES
+    total = sum(len(settings(letter, t_scores)) for letter in letters) * len(batches)
     with _progress(bool(cfg.get("progress", True)) and rank == 0 and total > 0, total) as advance:
         for li, letter in enumerate(letters):
             active = [b for b in baselines if letter in b.tests]
-            for si, setting in enumerate(settings(letter)):
+            for si, setting in enumerate(settings(letter, t_scores)):
                 for bi, batch in enumerate(batches):
                     images = torch.stack([loaded[i] for i in batch])
                     refs = torch.stack([loaded[(i + 1) % n] for i in batch])

@@ -106,15 +106,15 @@ def variant_name(letter: str, keep_texture: bool) -> str:
     return f"{letter}_tex" if keep_texture else letter
 
 
-def settings(letter: str) -> list[Setting]:
-    """The grid of one test letter, in report order."""
+def settings(letter: str, t_scores: Sequence[str] = T_SCORES) -> list[Setting]:
+    """The grid of one test letter, in report order (`t_scores`: the transfer test's scores, the authors' by default)."""
     check_choice(letter, tuple(TEST_LETTERS), "letter")
     if letter == "r":
         return [Setting("r", n_colors=n) for n in R_SIZES]
     if letter == "h":
         return [Setting("h", n_colors=n, strength=s, rng_key=i) for i, s in enumerate(H_STRENGTHS) for n in H_SIZES]
     if letter == "t":
-        return [Setting("t", n_colors=n, score=sc) for sc in T_SCORES for n in T_SIZES]
+        return [Setting("t", n_colors=n, score=sc) for sc in t_scores for n in T_SIZES]
     if letter == "p":
         return [Setting("p", fill=f) for f in P_FILLS]
     return [Setting("m", n_colors=n, colormap=c) for c in M_COLORMAPS for n in M_SIZES]
