@@ -11,7 +11,6 @@ from skimage.color import deltaE_ciede2000
 
 from dequant.color.colorspace import rgb_to_lab
 from dequant.metrics import (
-    _central_gradient,
     ciede2000,
     compute_metrics,
     l1,
@@ -170,13 +169,6 @@ def test_palette_error_requantize_known_values() -> None:
     assert palette_error_requantize(gray, requested, 2).item() == pytest.approx(expected_flat, rel=1e-5)
     q_out, q_req = requantize_pair(output, requested, 2)
     assert torch.allclose(q_out, output, atol=1e-6) and torch.allclose(q_req, requested, atol=1e-6)
-
-
-def test_central_gradient_matches_numpy() -> None:
-    x = torch.rand(2, 1, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    gy, gx = np.gradient(x.numpy(), axis=(-2, -1))
-    assert np.allclose(_central_gradient(x, -2).numpy(), gy)
-    assert np.allclose(_central_gradient(x, -1).numpy(), gx)
 
 
 def test_texture_fidelity_cases() -> None:

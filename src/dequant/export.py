@@ -123,9 +123,7 @@ def export(ckpt: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool 
 
 def load_exported(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """Rebuild a DequantModule (without EMA, see the module docstring) from a folder written by `export`."""
-    from hydra.utils import instantiate
-
-    from dequant.models.module import DequantModule
+    from dequant.models.module import build_module
 
     p = Path(path)
     cfg = read_dequant_config(p)
@@ -140,13 +138,7 @@ def load_exported(path: str | os.PathLike, map_location: str | torch.device = "c
         if (p / NULL_EMBEDDING_FILE).is_file():
             net["null_embedding_path"] = str(p / NULL_EMBEDDING_FILE)
     node["net"] = net
-    try:
-        module = instantiate(node, _convert_="all")
-    except Exception as err:  # noqa: BLE001 - Hydra wraps constructor errors in its own type
-        raise ValueError(f"path {str(p)!r}: could not rebuild the model from {CONFIG_FILE}: {err}") from err
-    if not isinstance(module, DequantModule):
-        raise ValueError(f"path {str(p)!r}: {CONFIG_FILE} module node built a {type(module).__name__}")
-    module.hparams["config"] = cfg
+    module = build_module(cfg, f"path {str(p)!r}", node)
     for name in _net_parts(module.net):
         folder = p / name
         if not folder.is_dir():

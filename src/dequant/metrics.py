@@ -36,7 +36,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from dequant.color._checks import check_image, check_palette
-from dequant.color.colorspace import rgb_to_gray255, rgb_to_lab
+from dequant.color.colorspace import rgb_to_lab
+from dequant.color.cues import gray_gradients
 from dequant.color.quantize import Quantized, quantize
 
 _SMAPE_EPS = 0.01
@@ -256,21 +257,11 @@ def palette_error_requantize(output: Tensor, requested: Tensor, n_colors: int | 
     return torch.tensor(errors, dtype=torch.float32, device=output.device)
 
 
-def _central_gradient(x: Tensor, dim: int) -> Tensor:
-    """`numpy.gradient` along `dim` (unit spacing, one-sided at the borders, 0 for a single sample)."""
-    n = x.shape[dim]
-    if n < 2:
-        return torch.zeros_like(x)
-    first = x.narrow(dim, 1, 1) - x.narrow(dim, 0, 1)
-    last = x.narrow(dim, n - 1, 1) - x.narrow(dim, n - 2, 1)
-    inner = (x.narrow(dim, 2, n - 2) - x.narrow(dim, 0, n - 2)) / 2.0
-    return torch.cat([first, inner, last], dim=dim)
-
-
 def _gradient_magnitude(image: Tensor) -> Tensor:
     """Gradient magnitude (B, H*W) of the 8-bit gray of a batched RGB image, on the 0-255 scale."""
-    gray = rgb_to_gray255(image).double()
-    return torch.hypot(_central_gradient(gray, -2), _central_gradient(gray, -1)).flatten(1)
+    # The same central differences as the texture cues (gray values are integers, so float32 is exact here).
+    g = gray_gradients(image).double()
+    return torch.hypot(g[:, 0], g[:, 1]).flatten(1)
 
 
 def texture_fidelity(output: Tensor, source: Tensor) -> Tensor:

@@ -428,12 +428,27 @@ def config_differences(saved: Mapping, expected: Mapping) -> list[str]:
     return diffs
 
 
+def build_module(cfg: Mapping, source: str, node: Mapping | None = None) -> "DequantModule":
+    """Instantiate the DequantModule of a run config (`node`: an edited copy of its `module` node, if given)."""
+    from hydra.utils import instantiate
+
+    # Only the module node is instantiated: the run config holds other _target_ nodes (data, loggers) to leave be.
+    if node is None:
+        node = {k: v for k, v in cfg["module"].items() if k != "config"}
+    try:
+        module = instantiate(dict(node), _convert_="all")
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps constructor errors in its own type
+        raise ValueError(f"{source}: could not rebuild the module from its dequant config: {exc}") from exc
+    if not isinstance(module, DequantModule):
+        raise ValueError(f"{source}: the dequant config's module node built a {type(module).__name__}")
+    module.hparams["config"] = cfg
+    return module
+
+
 def load_model(
     path: str | Path, map_location: str | torch.device = "cpu", expected_config: Mapping | None = None
 ) -> DequantModule:
     """Rebuild a DequantModule from a Lightning checkpoint written by it (weights, EMA and run config)."""
-    from hydra.utils import instantiate
-
     path = Path(path)
     if not path.exists():
         raise ValueError(f"path {str(path)!r} does not exist")
@@ -457,15 +472,7 @@ def load_model(
             raise ValueError(
                 f"checkpoint {str(path)!r} architecture does not match expected_config: " + "; ".join(diffs)
             )
-    # Only the module node is instantiated: the run config holds other _target_ nodes (data, loggers) to leave be.
-    node = {k: v for k, v in cfg["module"].items() if k != "config"}
-    try:
-        module = instantiate(node, _convert_="all")
-    except Exception as exc:  # noqa: BLE001 - Hydra wraps constructor errors in its own type
-        raise ValueError(f"checkpoint {str(path)!r}: could not rebuild the module from dequant_config: {exc}") from exc
-    if not isinstance(module, DequantModule):
-        raise ValueError(f"checkpoint {str(path)!r}: dequant_config.module built a {type(module).__name__}")
-    module.hparams["config"] = cfg
+    module = build_module(cfg, f"checkpoint {str(path)!r}")
     try:
         result = module.load_state_dict(ckpt["state_dict"], strict=False)
     except RuntimeError as exc:  # shape mismatches raise even when strict=False
