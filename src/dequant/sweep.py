@@ -165,18 +165,18 @@ def finish_wandb(exit_code: int) -> bool:
 
 
 def remember_wandb_run(run_dir: Path) -> str | None:
-    """Write the open W&B run's id to `<run_dir>/wandb_run_id.txt` (what a resumed run reuses); None if none is open.
+    """The job's W&B run id, kept in `<run_dir>/wandb_run_id.txt` (what a resumed run reuses); None without W&B.
 
-    training.py writes the file before the W&B run exists (WandbLogger.version is then its `id` argument, None):
-    this puts the real id there once training has started it.
+    training.py writes the file when it starts the run, and finishes the run itself when training fails: then the
+    file is the only record left.
     """
     from dequant.training import WANDB_ID_FILE
 
     wandb = sys.modules.get("wandb")
     run = getattr(wandb, "run", None) if wandb is not None else None
-    if run is None:
-        return None
     path = run_dir / WANDB_ID_FILE
+    if run is None:
+        return path.read_text().strip() or None if path.is_file() else None
     if not path.is_file() or path.read_text().strip() != run.id:
         path.write_text(run.id)
     return str(run.id)
