@@ -76,6 +76,18 @@ def test_properties_few_colors(method, space, data, n_colors):
 
 
 @pytest.mark.parametrize("method,space", COMBOS)
+@pytest.mark.parametrize("n_distinct", [1, 3])
+def test_exactly_n_colors_come_back_exactly(method, space, n_distinct):
+    """As many distinct colors as asked for: they come back bit-exact, not through a Lab round trip (CI regression)."""
+    colors = np.array([[1, 146, 203], [250, 3, 77], [12, 12, 12]])[:n_distinct]
+    index = np.arange(n_distinct).reshape(1, n_distinct)
+    image = from_colors(colors, index)
+    q = quantize(image, n_distinct, method=method, space=space)
+    assert q.n_colors == n_distinct
+    assert torch.equal(q.image, image)
+
+
+@pytest.mark.parametrize("method,space", COMBOS)
 @pytest.mark.parametrize("n_colors", [1, 4, 16, 64])
 def test_photo_properties(method, space, n_colors):
     image = photo("chelsea", 24)

@@ -242,7 +242,9 @@ def _kmeans(rgb: np.ndarray, u8: np.ndarray, n_colors: int, space: str, seed: in
     key = (p32[:, 0] << (2 * fb)) | (p32[:, 1] << fb) | p32[:, 2]
     fine_ids, fine_w, fine_x = _histogram(key, 1 << (3 * fb), feats)
     levels = [(fine_x, fine_w)]
-    if fine_ids.size >= n_colors:
+    # Strictly more bins than colors: with at most n_colors bins the image may have at most n_colors distinct
+    # colors, and those must come back exactly (not through a Lab round trip).
+    if fine_ids.size > n_colors:
         drop = fb - cb
         mask = (1 << fb) - 1
         coarse_key = (
