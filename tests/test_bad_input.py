@@ -363,30 +363,30 @@ def test_missing_pretrained_unet_path(files, tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------- outputs
 
 
-@pytest.mark.parametrize("where", [
-    "train",
-    pytest.param("evaluate", marks=pytest.mark.xfail(strict=True, raises=NotADirectoryError, reason=(
-        "evaluate() loads the model and runs every test, and only then fails in report.write_csv with a bare "
-        "NotADirectoryError (not a ValueError, so evaluate.py's one-line exit-2 error does not apply); fix: at the "
-        "start of dequant.evaluation.runner.evaluate, create paths.run_dir and raise ValueError naming "
-        "paths.run_dir when it cannot be created or written"))),
-    pytest.param("edit", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "dequant-edit exits 2 with one line, but the line is only \"[Errno 17] File exists: '<blocker>'\": it "
-        "does not name -o or say the folder is a file, and transfer/recolor run the model first; fix: in "
-        "dequant.edit._check_output, refuse an -o whose parent is not a (creatable) writable folder, naming -o"))),
-])
+@pytest.mark.parametrize("where", ["train", "evaluate", "edit"])
 def test_unwritable_output_folder(where: str, under_a_file: Path, files, tiny_ckpt, tmp_path, capsys) -> None:
     target = under_a_file / "out"
-    if where == "train":  # fails at once, before any data is read: the OSError names the folder
-        with pytest.raises(NotADirectoryError, match=re.escape(str(target))):
+    expected = f"'{target}' cannot be made: '{under_a_file}' is a file"
+    if where == "train":  # fails at once, before any data is read
+        with pytest.raises(ValueError, match=re.escape(f"paths.run_dir {expected}")):
             train(train_cfg(target, files["grayscale"]))
-    elif where == "evaluate":
-        with pytest.raises(ValueError, match="paths.run_dir"):
+    elif where == "evaluate":  # before the model is loaded
+        with pytest.raises(ValueError, match=re.escape(f"paths.run_dir {expected}")):
             evaluate(eval_cfg(target, tiny_ckpt, [files["grayscale"]], "data.image_size=16"))
     else:
         out = target / "q.png"
-        assert_edit_error(edit(capsys, "quantize", files["grayscale"], "-o", out), "error: -o ",
-                          str(under_a_file), outputs=(out,))
+        assert_edit_error(edit(capsys, "quantize", files["grayscale"], "-o", out), "error: -o ", expected,
+                          outputs=(out,))
+
+
+@pytest.mark.parametrize("command", ["transfer", "recolor"])
+def test_unwritable_output_is_refused_before_the_model_runs(command: str, under_a_file: Path, files, tmp_path,
+                                                            capsys) -> None:
+    # --ckpt points nowhere: had the model been loaded first, the error would be about the checkpoint instead.
+    out = under_a_file / "out" / "t.png"
+    extra = ["--palette", "#264653,#2a9d8f"] if command == "transfer" else ["--point", "1,1", "--color", "#c0392b"]
+    assert_edit_error(edit(capsys, command, files["grayscale"], "--ckpt", tmp_path / "missing.ckpt", *extra,
+                           "-o", out), "error: -o ", "is a file", outputs=(out,))
 
 
 def test_read_only_folder_when_permissions_apply(tmp_path, files, capsys) -> None:
@@ -407,6 +407,41 @@ def test_missing_output_folder_is_created(files, tmp_path, capsys) -> None:
     code, _, err = edit(capsys, "quantize", files["grayscale"], "-n", "4", "-o", out)
     assert code == 0, err
     assert out.is_file() and palette_path(out).is_file()
+
+
+# ------------------------------------------------------------------------------------------------- entry points
+
+
+@pytest.mark.parametrize("case", ["target_value_error", "missing_folder", "unwritable_run_dir"])
+def test_train_py_bad_input_is_one_line_exit_2(case: str, under_a_file: Path, tmp_path: Path) -> None:
+    run_dir = under_a_file / "out" if case == "unwritable_run_dir" else tmp_path / "run"
+    extra = {"target_value_error": ["palette=fixed_4", "palette.n=0"],
+             "missing_folder": [f"data.paths={tmp_path / 'nowhere'}"],
+             "unwritable_run_dir": [f"paths.run_dir={run_dir}"]}[case]
+    expected = {"target_value_error": "train.py: error: data.example.palette_sizes: n must be an int in [1, 256], "
+                                      "got 0",
+                "missing_folder": f"train.py: error: paths entry '{tmp_path / 'nowhere'}': no such file or folder",
+                "unwritable_run_dir": f"train.py: error: paths.run_dir '{run_dir}' cannot be made: "
+                                      f"'{under_a_file}' is a file"}[case]
+    proc = subprocess.run([sys.executable, "train.py", "experiment=tiny", f"hydra.run.dir={tmp_path / 'hydra'}",
+                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == expected
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_bug_keeps_its_traceback() -> None:
+    from dequant.config import bad_input_message
+
+    assert bad_input_message(RuntimeError("a bug")) is None
+    assert bad_input_message(FloatingPointError("diverged")) is None
+    wrapped = InstantiationException("Error in call to target 'x.Y':\nValueError('n bad')\nfull_key: data.n")
+    wrapped.__cause__ = ValueError("n bad")
+    assert bad_input_message(wrapped) == "data.n: n bad"
+    other = InstantiationException("Error in call to target 'x.Y':\nKeyError('k')\nfull_key: data.n")
+    other.__cause__ = KeyError("k")
+    assert bad_input_message(other) is None
 
 
 # ------------------------------------------------------------------------------------------------- CLI typos

@@ -83,9 +83,26 @@ def test_recolor_with_a_mask_and_with_a_point(tiny_ckpt, tiny_photos, tmp_path, 
     # The requested color is drawn on the right of the swatch figure.
     target = torch.tensor([0xC0, 0x39, 0x2B]) / 255
     assert ((swatch - target[:, None, None]).abs().amax(0) < 1e-6).any()
+    # Pasted back: far from the region every pixel is the photo's (PNG keeps them exact); inside, the rendering.
+    code, _, err = run(capsys, "recolor", tiny_photos[0], "--ckpt", tiny_ckpt, "--mask", tmp_path / "mask.png",
+                       "--color", "#c0392b", "-o", tmp_path / "m.png")
+    assert code == 0, err
+    result = load_rgb(tmp_path / "m.png")
+    far = torch.ones(photo.shape[-2:], dtype=torch.bool)
+    far[10 - 4:30 + 4, 20 - 4:50 + 4] = False
+    assert torch.equal(result[:, far], photo[:, far])
+    assert not torch.equal(result[:, 12:28, 22:48], photo[:, 12:28, 22:48])
+    code, _, err = run(capsys, "recolor", tiny_photos[0], "--ckpt", tiny_ckpt, "--mask", tmp_path / "mask.png",
+                       "--color", "#c0392b", "--whole-image", "-o", tmp_path / "w.png")
+    assert code == 0, err
+    assert not torch.equal(load_rgb(tmp_path / "w.png")[:, far], photo[:, far])
     code, _, err = run(capsys, "recolor", tiny_photos[0], "--ckpt", tiny_ckpt, "--point", "35,20",
                        "--color", "#2e86c1", "--sampler", "ddim", "--steps", "3", "-o", tmp_path / "p.png")
-    assert code == 0, err and load_rgb(tmp_path / "p.png").shape == photo.shape
+    assert code == 0, err
+    point = load_rgb(tmp_path / "p.png")
+    assert point.shape == photo.shape
+    changed = (point != photo).any(0)
+    assert changed.any() and not changed.all(), "only the superpixel under the point (and its edge) changes"
 
 
 def test_edit_from_an_exported_folder(tiny_export, tiny_photos, tmp_path, capsys) -> None:

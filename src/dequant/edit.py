@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--color", required=True, help='the new color as hex, e.g. "#c0392b"')
     r.add_argument("--keep-texture", action="store_true",
                    help="give the model the texture cue inside the region too (default: dropped there)")
+    r.add_argument("--whole-image", action="store_true",
+                   help="write the model's whole rendering (default: only the region is pasted into the photo, "
+                        "with an edge feathered over half a model pixel, so the rest keeps every original pixel)")
     model_args(r)
     return parser
 
@@ -148,6 +151,10 @@ def _check_output(output: str) -> Path:
         raise ValueError(f"-o must end in one of {list(OUTPUT_SUFFIXES)}, got {output!r}")
     if p.exists() and p.is_dir():
         raise ValueError(f"-o {output!r} is a folder")
+    from dequant.data.io import writable_folder
+
+    # Checked before the model runs, so a bad -o costs nothing; the folder itself is made only when writing.
+    writable_folder(p.parent, f"-o {output!r}: folder", create=False)
     return p
 
 
@@ -166,6 +173,17 @@ def resize(image: Tensor, height: int, width: int) -> Tensor:
     interp = cv2.INTER_AREA if min(height / h, width / w) < 0.5 else cv2.INTER_CUBIC
     out = np.clip(cv2.resize(hwc, (width, height), interpolation=interp), 0.0, 1.0).reshape(height, width, 3)
     return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+
+
+def paste_region(photo: Tensor, rendered: Tensor, mask: Tensor, feather: float) -> Tensor:
+    """`rendered` inside `mask` (H, W) bool, `photo` elsewhere, blended over a Gaussian edge of std `feather` px.
+
+    Pixels farther than about 3 `feather` from the region are the photo's, bit for bit."""
+    alpha = mask.float().numpy()
+    if feather > 0:
+        alpha = cv2.GaussianBlur(alpha, (0, 0), sigmaX=float(feather), borderType=cv2.BORDER_REPLICATE)
+    a = torch.from_numpy(np.ascontiguousarray(alpha))[None]
+    return torch.where(a > 0, a * rendered + (1 - a) * photo, photo).clamp(0, 1)
 
 
 def processing_size(height: int, width: int, short: int, multiple: int) -> tuple[int, int]:
@@ -432,6 +450,11 @@ def run_recolor(args: argparse.Namespace) -> dict[Path, Tensor]:
              cue_mode=model.cue.mode, g_neutral=model.cue.g_neutral)
     result = model.sample(h, spec, args.seed)
     full = resize(result, height, width)
+    if not args.whole_image:
+        if full_mask is None:
+            full_mask = torch.from_numpy(cv2.resize(mask.numpy().astype(np.uint8), (width, height),
+                                                    interpolation=cv2.INTER_NEAREST) > 0)
+        full = paste_region(photo, full, full_mask, feather=0.5 * height / size[0])
     region_mean = x[:, mask].mean(dim=1)[None]
     return {out: full, palette_path(out): palette_figure(region_mean, color, [0])}
 

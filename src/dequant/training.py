@@ -24,6 +24,7 @@ from dequant.callbacks import (
     resumable_checkpoint,
 )
 from dequant.config import to_container
+from dequant.data.io import writable_folder
 from dequant.data.datamodule import DequantDataModule
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,7 @@ def _callbacks(cfg: DictConfig, has_logger: bool) -> list[Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config; returns the paths and final metrics of the run."""
-    run_dir = Path(cfg.paths.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = writable_folder(str(cfg.paths.run_dir), "paths.run_dir")
     resolved = to_container(cfg)
     L.seed_everything(cfg.seed, workers=True)
     OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")

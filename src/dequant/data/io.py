@@ -205,6 +205,26 @@ def load_rgb(path: str | os.PathLike) -> Tensor:
 # ----------------------------------------------------------------------------------------------------- writing
 
 
+def writable_folder(folder: str | os.PathLike, name: str, create: bool = True) -> Path:
+    """Check that `folder` can hold new files (made now if `create`, else only proven makeable); else a ValueError
+    naming `name`, the option that set it."""
+    p = Path(folder)
+    existing = next(a for a in (p.absolute(), *p.absolute().parents) if a.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{name} '{p}' cannot be made: '{existing}' is a file")
+    try:
+        if create:
+            p.mkdir(parents=True, exist_ok=True)
+            existing = p
+        # A probe file, because os.access says yes to root on a read-only mount.
+        fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"{name} '{p}' cannot be made or written ({err.strerror or err})") from err
+    return p
+
+
 def _atomic_write(path: Path, write) -> None:
     """Call `write(tmp_path)` on a temporary file next to `path`, then rename it over `path` in one step."""
     parent = path.parent

@@ -37,6 +37,7 @@ from torch import Tensor
 from dequant.color.cues import TextureCue
 from dequant.color.matching import match_palettes
 from dequant.color.quantize import Quantizer
+from dequant.data.io import writable_folder
 from dequant.evaluation import report
 from dequant.evaluation.tests import (T_SCORES, Case, build_case, case_metrics, image_rngs, parse_tests, settings,
                                       variant_name)
@@ -266,6 +267,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from dequant.models.sampling import as_sampler_spec
 
     ckpt = check_ckpt_path(cfg)
+    # Before any work: a folder that cannot take the results must not cost a whole evaluation. It is made when
+    # the results are written, so a failed evaluation leaves no empty folder behind.
+    run_dir = writable_folder(str(cfg.paths.run_dir), "paths.run_dir", create=False)
     letters = parse_tests(str(cfg.get("tests", "rhtpm")))
     dq_cfg = read_dequant_config(ckpt)
     cue = checkpoint_cue(dq_cfg)
@@ -281,7 +285,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     files, ids, origin = held_out_paths(ckpt, dq_cfg, cfg.data.get("paths"))
     if cfg.data.get("max_images"):
         files, ids = files[: int(cfg.data.max_images)], ids[: int(cfg.data.max_images)]
-    run_dir = Path(str(cfg.paths.run_dir))
 
     fabric = instantiate(cfg.fabric)
     fabric.launch()
