@@ -166,8 +166,10 @@ def test_unreadable_image_file(where: str, kind: str, files, mixed_training, tin
     elif where == "train_only_bad":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with pytest.raises(ValueError, match=rf"none of the 1 train images can be loaded \(first: .*{bad.name}"):
+            with pytest.raises(ValueError, match=rf"none of the 1 train images can be loaded \(first: .*{bad.name}: ") \
+                    as info:
                 train(train_cfg(tmp_path / "run", bad))
+        assert BAD_REASONS[kind] in str(info.value)
         assert not (tmp_path / "run" / "checkpoints").exists()
     elif where == "evaluate":  # ImageLoadError is a ValueError: evaluate.py prints it on one line, exit 2
         with pytest.raises(ImageLoadError, match=re.escape(str(bad))) as info:

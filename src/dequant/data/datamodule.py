@@ -63,7 +63,7 @@ class _ImageSource:
         self.split = split
         self._cached: dict[int, Tensor] = {}
         self._cached_bytes = 0
-        self._bad: set[int] = set()
+        self._bad: dict[int, str] = {}  # position -> why it cannot be loaded
 
     def __getstate__(self) -> dict[str, Any]:
         # Workers start with their own (empty) cache rather than a pickled copy of the main process's one.
@@ -90,11 +90,12 @@ class _ImageSource:
             try:
                 return j, self._load(j)
             except ImageLoadError as err:
-                self._bad.add(j)
+                self._bad[j] = err.reason
                 warnings.warn(f"skipping unreadable {self.split} image {err.path} ({err.reason}); "
                               "another image of the split is used instead", stacklevel=2)
-        raise ValueError(f"none of the {n} {self.split} images can be loaded (first: {self.paths[0]}); "
-                         "check the `paths` of the data config")
+        first = min(self._bad)
+        raise ValueError(f"none of the {n} {self.split} images can be loaded (first: {self.paths[first]}: "
+                         f"{self._bad[first]}); check the `paths` of the data config")
 
 
 class TrainDataset(Dataset):
