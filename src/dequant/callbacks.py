@@ -377,6 +377,26 @@ class BatchLog(Callback):
             f.flush()
 
 
+class MetricLog(Callback):
+    """Appends one JSON line per validation to `path` (`<path>.rank<r>` on other ranks): the step and every
+    scalar in `trainer.callback_metrics` as this rank sees it; an audit that ranks agree on what they log."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the line for this validation."""
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        rank = trainer.global_rank
+        path = self.path if rank == 0 else self.path.with_name(f"{self.path.name}.rank{rank}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps({"step": trainer.global_step, "metrics": metrics}) + "\n")
+            f.flush()
+
+
 def read_batch_log(path: str | os.PathLike) -> dict[int, dict[str, Any]]:
     """A BatchLog file as {step: row}; a step logged twice (redone after a resume) keeps its last row."""
     rows: dict[int, dict[str, Any]] = {}

@@ -342,7 +342,8 @@ class DequantDataModule(LightningDataModule):
         return self._loader(self._train, sampler=self._sampler, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
-        """The fixed validation examples (made once at setup), in order."""
+        """The fixed validation examples (made once at setup), in order; not sharded: every rank validates all of
+        them (a few images), so ranks agree on every val/ metric and on checkpoint decisions without a sync."""
         self._require_setup()
         return DataLoader(self.val_examples, batch_size=self.batch_size, shuffle=False, num_workers=0)
 

@@ -288,8 +288,9 @@ class DequantModule(L.LightningModule):
             values["palette_de2000"] = M.palette_error_ciede(
                 output[palette_rows], torch.stack([ix for _, ix in pairs]), [p for p, _ in pairs]
             )
-        # Not synced across ranks: which metrics a rank has depends on its images (palette_de2000 needs palette-mode
-        # ones), and a collective that only some ranks enter would hang. These are per-rank monitors of a few images.
+        # No sync needed: every rank validates the same fixed examples (DequantDataModule.val_dataloader), so every
+        # rank logs the same values (tests/test_train.py::test_ddp_cpu_two_processes checks it). A per-step sync
+        # could even hang, as only palette-mode batches have palette_de2000.
         for name, v in values.items():
             self.log(f"val/{name}", v.mean(), batch_size=v.numel())
         self._val_rows.append({"hint": hint01[:n].cpu(), "output": output, "target": target})
