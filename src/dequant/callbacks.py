@@ -349,6 +349,16 @@ class InjectFaults(Callback):
             self.injected.append((trainer.global_step, "inf_grad"))
 
 
+def _append_json_line(path: Path, rank: int, row: dict[str, Any]) -> None:
+    """Append `row` to `path` (`<path>.rank<r>` on rank r > 0), flushed, so the line survives a killed process."""
+    if rank:
+        path = path.with_name(f"{path.name}.rank{rank}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
 class BatchLog(Callback):
     """Appends one JSON line per training batch to `path`: step, epoch, batch index, image ids and a batch hash.
 
@@ -369,12 +379,7 @@ class BatchLog(Callback):
         row = {"step": trainer.global_step, "epoch": trainer.current_epoch, "batch_idx": batch_idx,
                "image_id": [] if ids is None else [int(i) for i in ids.detach().cpu().reshape(-1)],
                "hash": digest.hexdigest()}
-        rank = trainer.global_rank
-        path = self.path if rank == 0 else self.path.with_name(f"{self.path.name}.rank{rank}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+        _append_json_line(self.path, trainer.global_rank, row)
 
 
 class MetricLog(Callback):
@@ -389,12 +394,7 @@ class MetricLog(Callback):
         if trainer.sanity_checking:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
-        rank = trainer.global_rank
-        path = self.path if rank == 0 else self.path.with_name(f"{self.path.name}.rank{rank}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            f.write(json.dumps({"step": trainer.global_step, "metrics": metrics}) + "\n")
-            f.flush()
+        _append_json_line(self.path, trainer.global_rank, {"step": trainer.global_step, "metrics": metrics})
 
 
 def read_batch_log(path: str | os.PathLike) -> dict[int, dict[str, Any]]:
