@@ -98,6 +98,28 @@ def test_ot_transfer() -> None:
     assert torch.allclose(sink, const[0].view(3, 1, 1).expand_as(x), atol=1e-4)
 
 
+def test_ot_transfer_reaches_the_optimum_on_a_quantized_target() -> None:
+    """A photo onto another photo's 8-color quantization (test t's setting): POT's default iteration limit stops the
+    network simplex short of the optimum (it warns); the baseline's default does not."""
+    import warnings
+
+    import torch.nn.functional as F
+
+    from dequant.config import assets_path
+    from dequant.data.io import load_rgb
+
+    def photo(name: str) -> torch.Tensor:
+        image = load_rgb(f"{assets_path('images')}/{name}")
+        return F.interpolate(image[None], size=(64, 64), mode="area")[0].clamp(0, 1)
+
+    source, target = photo("coffee.jpg"), quantize(photo("flower.jpg"), 8).image
+    for max_iter, stops_short in ((100_000, True), (None, False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ot_transfer(source, target, **({} if max_iter is None else {"max_iter": max_iter}))
+        assert any("numItermax" in str(w.message) for w in caught) == stops_short, max_iter
+
+
 def test_ot_out_of_sample_rule_matches_pot() -> None:
     import numpy as np
     import ot

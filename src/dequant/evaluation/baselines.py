@@ -123,11 +123,13 @@ def ot_transfer(
     seed: int = 0,
     method: str = "emd",
     reg: float = 0.01,
+    max_iter: int = 10_000_000,
 ) -> Tensor:
     """Optimal-transport color transfer in RGB (POT EMD or Sinkhorn transport fitted on pixel samples), seeded.
 
     Every image draws its samples from a fresh numpy.random.default_rng(seed), so an image's result does not depend
-    on the batch it comes in.
+    on the batch it comes in. `max_iter` bounds the EMD network simplex (POT's default, 100000, stops short of the
+    optimum on quantized images, whose many identical colors make the problem degenerate).
     """
     import ot  # deferred: POT is only needed by this baseline
 
@@ -138,6 +140,8 @@ def ot_transfer(
         raise ValueError(f"seed must be an int, got {seed!r}")
     if not np.isfinite(reg) or reg <= 0:
         raise ValueError(f"reg must be a positive number, got {reg!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
     x, was_batched = check_image(source, "source")
     targets = _targets(target, x.shape[0], "target")
     out = []
@@ -147,7 +151,7 @@ def ot_transfer(
         xs = _sample_rows(pixels, int(n_samples), rng)
         xt = _sample_rows(tgt.double().cpu().numpy(), int(n_samples), rng)
         if method == "emd":
-            model = ot.da.EMDTransport()
+            model = ot.da.EMDTransport(max_iter=int(max_iter))
         else:
             model = ot.da.SinkhornTransport(reg_e=float(reg))
         model.fit(Xs=xs, Xt=xt)
