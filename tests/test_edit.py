@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dequant.data.io import load_rgb, save_rgb
-from dequant.edit import main, palette_path, processing_size
+from dequant.edit import hint_path, main, palette_path, processing_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,6 +105,41 @@ def test_recolor_with_a_mask_and_with_a_point(tiny_ckpt, tiny_photos, tmp_path, 
     assert changed.any() and not changed.all(), "only the superpixel under the point (and its edge) changes"
 
 
+def test_save_hint_and_sampling_options(tiny_ckpt, tiny_photos, tmp_path, capsys) -> None:
+    photo = load_rgb(tiny_photos[0])
+    common = ["transfer", tiny_photos[0], "--ckpt", tiny_ckpt, "--palette", "#264653,#e9c46a,#e76f51", "-n", "3",
+              "--sampler", "ddim", "--steps", "4"]
+    code, stdout, err = run(capsys, *common, "--save-hint", "-o", tmp_path / "a.png")
+    assert code == 0, err
+    hint = load_rgb(hint_path(tmp_path / "a.png"))
+    # The model's color input: the photo quantized to 3 colors and moved onto exactly the requested ones.
+    assert hint.shape == photo.shape and f"wrote {hint_path(tmp_path / 'a.png')}" in stdout
+    colors = {tuple(round(float(v) * 255) for v in c) for c in hint.reshape(3, -1).t()}
+    assert colors <= {(0x26, 0x46, 0x53), (0xE9, 0xC4, 0x6A), (0xE7, 0x6F, 0x51)} and len(colors) >= 2
+    # SDEdit start and guidance reach the sampler: each changes the result; without --save-hint no hint file.
+    outs = {}
+    for name, extra in (("base", []), ("start", ["--start-step", "2"]), ("guided", ["--guidance", "3"])):
+        assert run(capsys, *common, *extra, "-o", tmp_path / f"{name}.png")[0] == 0
+        outs[name] = load_rgb(tmp_path / f"{name}.png")
+    assert not hint_path(tmp_path / "base.png").exists()
+    assert not torch.equal(outs["base"], outs["start"]) and not torch.equal(outs["base"], outs["guided"])
+    code, _, err = run(capsys, "recolor", tiny_photos[0], "--ckpt", tiny_ckpt, "--point", "35,20", "--color",
+                       "#c0392b", "--sampler", "ddim", "--steps", "2", "--save-hint", "-o", tmp_path / "r.png")
+    assert code == 0, err
+    assert ((load_rgb(hint_path(tmp_path / "r.png")) - torch.tensor([0xC0, 0x39, 0x2B]).view(3, 1, 1) / 255)
+            .abs().amax(0) < 1e-6).any(), "the filled region carries the requested color"
+
+
+def test_demo_figure_from_a_trained_run(tiny_run, tmp_path, capsys) -> None:
+    from dequant.demo import main as demo_main
+
+    assert demo_main(["--run", str(tiny_run), "--out", str(tmp_path), "-n", "4"]) == 0
+    figure = load_rgb(tmp_path / "palette_transfer.png")
+    assert figure.shape[-2] > 160 and figure.shape[-1] > 4 * 100  # four labelled columns
+    for name in ("palette_transfer_output.png", "palette_transfer_output.hint.png", "validation_grid.png"):
+        assert (tmp_path / name).is_file(), name
+
+
 def test_edit_from_an_exported_folder(tiny_export, tiny_photos, tmp_path, capsys) -> None:
     code, _, err = run(capsys, "transfer", tiny_photos[1], "--ckpt", tiny_export, "--colormap", "plasma",
                        "-o", tmp_path / "e.png")
@@ -161,6 +196,10 @@ def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_ckpt, tiny_p
         "cue of another checkpoint": ["transfer", photo, *ck, "--cue", "L", "--colormap", "viridis"],
         "steps the sampler refuses": ["transfer", photo, *ck, "--colormap", "viridis", "--sampler", "ddpm_super27",
                                       "--steps", "5"],
+        "start step past the steps": ["transfer", photo, *ck, "--colormap", "viridis", "--sampler", "ddim",
+                                      "--steps", "4", "--start-step", "4"],
+        "negative start step": ["transfer", photo, *ck, "--colormap", "viridis", "--start-step=-1"],
+        "negative guidance": ["recolor", photo, *ck, "--point", "1,1", "--color", "#fff", "--guidance=-1"],
         "too many colors": ["quantize", photo, "-n", "300"],
         "zero colors": ["quantize", photo, "-n", "0"],
         "two targets": ["transfer", photo, *ck, "--colormap", "viridis", "--palette", "#fff"],

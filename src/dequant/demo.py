@@ -15,7 +15,7 @@ import torch
 
 from dequant.data.io import load_rgb
 from dequant.edit import main as edit_main
-from dequant.edit import resize
+from dequant.edit import hint_path, resize
 from dequant.viz import labelled_grid, save_png
 
 
@@ -33,7 +33,7 @@ def palette_transfer_figure(ckpt: Path, source: str, target: str, out_dir: Path,
     """Render `source` in `target`'s palette with the model; save the output and a labelled side-by-side picture."""
     output = out_dir / "palette_transfer_output.png"
     code = edit_main(["transfer", source, "--ckpt", str(ckpt), "--palette-from", target, "-n", str(n_colors),
-                      "--seed", str(seed), "-o", str(output)])
+                      "--seed", str(seed), "--save-hint", "-o", str(output)])
     if code != 0:
         raise RuntimeError(f"dequant-edit transfer failed with exit code {code}")
     src, tgt, res = load_rgb(source), load_rgb(target), load_rgb(output)
@@ -42,6 +42,7 @@ def palette_transfer_figure(ckpt: Path, source: str, target: str, out_dir: Path,
     columns = {
         f"source: {Path(source).stem}": resize(src, h, w)[None],
         f"palette from: {Path(target).stem}": resize(tgt, h, w)[None],
+        "model input (recolored)": resize(load_rgb(hint_path(output)), h, w)[None],
         f"model, {n_colors} colors": resize(res, h, w)[None],
     }
     figure = out_dir / "palette_transfer.png"

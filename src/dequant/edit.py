@@ -68,14 +68,22 @@ def _point(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected X,Y in integer pixels, got {text!r}") from None
 
 
-def _positive(text: str) -> int:
+def _int_at_least(text: str, low: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _int_at_least(text, 1, "positive")
+
+
+def _non_negative(text: str) -> int:
+    return _int_at_least(text, 0, "non-negative")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,9 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sampling steps (default: the checkpoint's sampler, e.g. 27 super27 DDPM steps)")
         p.add_argument("--sampler", choices=("ddpm_super27", "ddpm", "ddim", "dpmsolver"), default=None,
                        help="sampler (default: the checkpoint's)")
+        p.add_argument("--start-step", type=_non_negative, default=None, metavar="K",
+                       help="SDEdit start: skip the first K sampling steps and start from the color input noised "
+                            "to that level (keeps more of the input; default: the checkpoint's, usually 0)")
+        p.add_argument("--guidance", type=float, default=None,
+                       help="hint guidance scale (needs a model trained with hint dropout; default: the "
+                            "checkpoint's, usually 1 = none)")
         p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
         p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
         p.add_argument("-o", "--output", required=True, metavar="OUT", help="output image (png, jpg, ...)")
+        p.add_argument("--save-hint", action="store_true",
+                       help="also write OUT.hint.png: the color input the model was given (the recolored "
+                            "quantized photo, or the photo with the region filled), at the photo's size")
 
     t = sub.add_parser("transfer", help="recolor a photo with another palette (model)",
                        description="Quantize PHOTO to N colors, match its palette to the target colors and render "
@@ -143,6 +160,19 @@ def palette_path(output: str | os.PathLike) -> Path:
     """`out.png` -> `out.palette.png` (always PNG)."""
     p = Path(output)
     return p.with_name(f"{p.stem}.palette.png")
+
+
+def hint_path(output: str | os.PathLike) -> Path:
+    """`out.png` -> `out.hint.png` (always PNG): the color input the model was given (`--save-hint`)."""
+    p = Path(output)
+    return p.with_name(f"{p.stem}.hint.png")
+
+
+def _hint_image(color: Tensor, height: int, width: int) -> Tensor:
+    """The model's color input at the photo's size; nearest-neighbour, so its flat palette colors stay exact."""
+    hwc = np.ascontiguousarray(color.float().permute(1, 2, 0).cpu().numpy())
+    out = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_NEAREST).reshape(height, width, 3)
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
 
 def _check_output(output: str) -> Path:
@@ -310,17 +340,19 @@ class _Model:
         """The processing size of a photo (see RESOLUTION_NOTE)."""
         return processing_size(height, width, self.crop, self.factor)
 
-    def sampler_spec(self, sampler: str | None, steps: int | None) -> Any:
-        """The sampler to use: the checkpoint's unless `--sampler` / `--steps` override it (checked now)."""
+    def sampler_spec(self, args: argparse.Namespace) -> Any:
+        """The sampler to use: the checkpoint's, with what `--sampler`, `--steps`, `--start-step` and `--guidance`
+        override (checked now)."""
         import dataclasses
 
         from dequant.models.sampling import as_sampler_spec
 
+        given = {"steps": args.steps, "start_step": args.start_step, "guidance": args.guidance}
         try:
-            spec = as_sampler_spec(sampler) if sampler is not None else self.module.sampler_spec
-            return dataclasses.replace(spec, steps=steps) if steps is not None else spec
+            spec = as_sampler_spec(args.sampler) if args.sampler is not None else self.module.sampler_spec
+            return dataclasses.replace(spec, **{k: v for k, v in given.items() if v is not None})
         except ValueError as err:
-            raise ValueError(f"--sampler/--steps: {err}") from err
+            raise ValueError(f"--sampler/--steps/--start-step/--guidance: {err}") from err
 
     def sample(self, h: Tensor, spec: Any, seed: int) -> Tensor:
         """One output `(3, H, W)` for one hint `(7, H, W)`."""
@@ -381,7 +413,7 @@ def run_transfer(args: argparse.Namespace) -> dict[Path, Tensor]:
     other = None if args.palette_from is None else _load_photo(args.palette_from, "--palette-from")
     model = _Model(args.ckpt, args.device)
     model.check_cue(args.cue)
-    spec = model.sampler_spec(args.sampler, args.steps)
+    spec = model.sampler_spec(args)
     size = model.size_for(*photo.shape[-2:])
     x = resize(photo, *size)
     q = model.quantizer(x, n)
@@ -397,7 +429,10 @@ def run_transfer(args: argparse.Namespace) -> dict[Path, Tensor]:
              cue_mode=model.cue.mode, g_neutral=model.cue.g_neutral)
     result = model.sample(h, spec, args.seed)
     full = resize(result, *photo.shape[-2:])
-    return {out: full, palette_path(out): palette_figure(q.palette, target, mapping, q.fractions)}
+    images = {out: full, palette_path(out): palette_figure(q.palette, target, mapping, q.fractions)}
+    if args.save_hint:
+        images[hint_path(out)] = _hint_image(moved.image, *photo.shape[-2:])
+    return images
 
 
 def _read_mask(path: str, height: int, width: int) -> Tensor:
@@ -432,7 +467,7 @@ def run_recolor(args: argparse.Namespace) -> dict[Path, Tensor]:
                              f"Y in [0, {height - 1}])")
     model = _Model(args.ckpt, args.device)
     model.check_cue(args.cue)
-    spec = model.sampler_spec(args.sampler, args.steps)
+    spec = model.sampler_spec(args)
     size = model.size_for(height, width)
     x = resize(photo, *size)
     if full_mask is not None:
@@ -456,7 +491,10 @@ def run_recolor(args: argparse.Namespace) -> dict[Path, Tensor]:
                                                     interpolation=cv2.INTER_NEAREST) > 0)
         full = paste_region(photo, full, full_mask, feather=0.5 * height / size[0])
     region_mean = x[:, mask].mean(dim=1)[None]
-    return {out: full, palette_path(out): palette_figure(region_mean, color, [0])}
+    images = {out: full, palette_path(out): palette_figure(region_mean, color, [0])}
+    if args.save_hint:
+        images[hint_path(out)] = _hint_image(filled, height, width)
+    return images
 
 
 COMMANDS = {"quantize": run_quantize, "transfer": run_transfer, "recolor": run_recolor}
