@@ -3,8 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-import dequant.config  # noqa: F401  (registers the config resolvers)
-from dequant.config import run_cli
+from dequant.config import run_cli  # importing dequant.config also registers the config resolvers
 from dequant.training import train
 
 

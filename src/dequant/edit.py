@@ -176,13 +176,13 @@ def _hint_image(color: Tensor, height: int, width: int) -> Tensor:
 
 
 def _check_output(output: str) -> Path:
+    from dequant.data.io import writable_folder
+
     p = Path(output)
     if p.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"-o must end in one of {list(OUTPUT_SUFFIXES)}, got {output!r}")
     if p.exists() and p.is_dir():
         raise ValueError(f"-o {output!r} is a folder")
-    from dequant.data.io import writable_folder
-
     # Checked before the model runs, so a bad -o costs nothing; the folder itself is made only when writing.
     writable_folder(p.parent, f"-o {output!r}: folder", create=False)
     return p

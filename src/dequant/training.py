@@ -24,8 +24,8 @@ from dequant.callbacks import (
     resumable_checkpoint,
 )
 from dequant.config import to_container
-from dequant.data.io import writable_folder
 from dequant.data.datamodule import DequantDataModule
+from dequant.data.io import writable_folder
 
 log = logging.getLogger(__name__)
 
