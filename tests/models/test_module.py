@@ -85,8 +85,43 @@ def test_epsilon_and_v_targets():
     assert torch.equal(eps_module._targets(x0, noise, t), noise)
     a = eps_module.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
     torch.testing.assert_close(v_module._targets(x0, noise, t), a.sqrt() * noise - (1 - a).sqrt() * x0)
+    sample_module = _module(prediction_type="sample")
+    assert torch.equal(sample_module._targets(x0, noise, t), x0)
     with pytest.raises(ValueError, match="prediction_type"):
-        _module(prediction_type="sample")
+        _module(prediction_type="x0")
+
+
+class _Oracle(nn.Module):
+    """A denoiser that knows the clean image: returns the exact eps, v or x0 for any noisy input."""
+
+    def __init__(self, x0: torch.Tensor, prediction_type: str):
+        super().__init__()
+        self.x0, self.prediction_type = x0, prediction_type
+        self.unused = nn.Parameter(torch.zeros(1))  # the module's optimizer and EMA need a parameter
+        self.alphas_cumprod: torch.Tensor | None = None
+
+    def trainable_module(self) -> nn.Module:
+        return self
+
+    def forward(self, x, t, hint):
+        a = self.alphas_cumprod[t.long().cpu()].view(-1, 1, 1, 1).to(x)
+        eps = (x - a.sqrt() * self.x0) / (1 - a).sqrt()
+        return {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * self.x0,
+                "sample": self.x0.expand_as(x)}[self.prediction_type]
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("sampler", [SamplerSpec("ddim", steps=5), SamplerSpec("dpmsolver", steps=5),
+                                     SamplerSpec("ddpm", steps=5), SamplerSpec()])
+def test_every_sampler_recovers_the_image_from_a_perfect_denoiser(prediction_type, sampler):
+    # The schedulers must read the prediction type from the training scheduler: with the wrong one, a perfect
+    # denoiser's outputs would be misread and the sample would be far from the image.
+    x0 = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
+    oracle = _Oracle(x0, prediction_type)
+    module = DequantModule(oracle, prediction_type=prediction_type, sampler=sampler)
+    oracle.alphas_cumprod = module.noise_scheduler.alphas_cumprod
+    out = module.sample(torch.rand(1, 7, SIZE, SIZE), use_ema=False)
+    torch.testing.assert_close(out, (x0 + 1) / 2, atol=2e-3, rtol=0)
 
 
 class _Recorder(nn.Module):

@@ -27,7 +27,7 @@ from dequant.models.ema import EMA
 from dequant.models.ranges import from_model_range, to_model_range
 from dequant.models.sampling import SamplerSpec, as_sampler_spec, image_generators, make_scheduler, sample_loop
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear", "sigmoid")
 _MODULE_TARGET = "dequant.models.module.DequantModule"
 _SAMPLER_TARGET = "dequant.models.sampling.SamplerSpec"
@@ -148,9 +148,11 @@ class DequantModule(L.LightningModule):
         return g
 
     def _targets(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """What the net regresses: eps, or v = sqrt(a) eps - sqrt(1 - a) x0."""
+        """What the net regresses: eps, v = sqrt(a) eps - sqrt(1 - a) x0, or x0 itself ("sample")."""
         if self.hparams.prediction_type == "epsilon":
             return noise
+        if self.hparams.prediction_type == "sample":
+            return x0
         return self.noise_scheduler.get_velocity(x0, noise, t)
 
     def _null_hint(self, hint: Tensor) -> Tensor:
