@@ -7,6 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import settings
+
+# `make test` draws the same property-test examples for the same commit, so a random draw never decides whether a
+# change lands; `pytest --hypothesis-profile=explore tests/color` searches many fresh random examples instead.
+settings.register_profile("ci", max_examples=15, deadline=None, derandomize=True)
+settings.register_profile("explore", max_examples=1500, deadline=None)
+settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET_IMAGES = ROOT / "src" / "dequant" / "assets" / "images"

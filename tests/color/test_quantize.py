@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
@@ -62,7 +62,6 @@ def few_color_images(draw):
 
 
 @pytest.mark.parametrize("method,space", COMBOS)
-@settings(max_examples=15, deadline=None)
 @given(data=few_color_images(), n_colors=st.integers(1, 20))
 def test_properties_few_colors(method, space, data, n_colors):
     image, distinct = data
