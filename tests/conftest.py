@@ -78,3 +78,21 @@ def tiny_images() -> torch.Tensor:
     names = [name for name, _ in TINY_PHOTOS[:2]]
     return torch.stack([F.interpolate(load_rgb(ASSET_IMAGES / n)[None], size=(32, 32), mode="area")[0]
                         for n in names]).clamp(0, 1)
+
+
+@pytest.fixture
+def save_tiny_pretrained_unet():
+    """A function that writes a tiny seeded diffusers UNet2DConditionModel (the frozen base of model=controlnet)
+    to a folder and returns the folder."""
+    from diffusers import UNet2DConditionModel
+
+    def save(folder: Path, sample_size: int) -> Path:
+        torch.manual_seed(0)
+        UNet2DConditionModel(
+            sample_size=sample_size, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4,
+        ).save_pretrained(folder)
+        return folder
+
+    return save

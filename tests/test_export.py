@@ -63,17 +63,11 @@ def test_load_exported_rejects_foreign_folders(tmp_path: Path) -> None:
         load_exported(tmp_path)
 
 
-def test_controlnet_export_round_trip(tmp_path: Path) -> None:
-    from diffusers import UNet2DConditionModel
-
+def test_controlnet_export_round_trip(tmp_path: Path, save_tiny_pretrained_unet) -> None:
     from dequant.models.nets import ControlNetUNet
 
-    unet = UNet2DConditionModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16),
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
-                                cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4)
-    unet.save_pretrained(tmp_path / "pretrained")
-    net = ControlNetUNet(tmp_path / "pretrained", conditioning_channels=(8, 16))
+    net = ControlNetUNet(save_tiny_pretrained_unet(tmp_path / "pretrained", sample_size=16),
+                         conditioning_channels=(8, 16))
     module = DequantModule(net, sampler={"name": "ddim", "steps": 2})
     torch.manual_seed(0)
     with torch.no_grad():  # stand-in for training: the ControlNet leaves its zero initialisation

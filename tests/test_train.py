@@ -64,15 +64,9 @@ def test_fast_dev_run_each_cue(cond: str, tmp_path: Path) -> None:
     assert (tmp_path / "split.json").exists() and (tmp_path / "config.yaml").exists()
 
 
-def test_controlnet_fast_dev_run(tmp_path: Path) -> None:
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 16),
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
-                                cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4)
-    unet.save_pretrained(tmp_path / "unet")
-    result = train(fast(tmp_path / "run", "model=controlnet", f"model.pretrained_path={tmp_path / 'unet'}",
+def test_controlnet_fast_dev_run(tmp_path: Path, save_tiny_pretrained_unet) -> None:
+    unet = save_tiny_pretrained_unet(tmp_path / "unet", sample_size=32)
+    result = train(fast(tmp_path / "run", "model=controlnet", f"model.pretrained_path={unet}",
                         "+trainer.fast_dev_run=true"))
     assert result["global_step"] == 1
 

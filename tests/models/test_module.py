@@ -5,7 +5,6 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader
@@ -223,14 +222,8 @@ def test_ema_updates_once_per_optimizer_step(tmp_path):
     assert trainer.global_step == 2 and int(module.ema.num_updates) == 2
 
 
-def test_fit_controlnet(tmp_path):
-    torch.manual_seed(0)
-    UNet2DConditionModel(
-        sample_size=SIZE, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=8, attention_head_dim=4, in_channels=3, out_channels=3,
-    ).save_pretrained(tmp_path / "unet")
-    net = ControlNetUNet(tmp_path / "unet", conditioning_channels=(8, 16))
+def test_fit_controlnet(tmp_path, save_tiny_pretrained_unet):
+    net = ControlNetUNet(save_tiny_pretrained_unet(tmp_path / "unet", sample_size=SIZE), conditioning_channels=(8, 16))
     frozen = {k: v.clone() for k, v in net.unet.state_dict().items()}
     module = DequantModule(net, sampler=SamplerSpec("ddim", steps=2), val_max_images=2)
     trainer = _trainer(tmp_path)

@@ -189,6 +189,17 @@ def _method_order(labels: Iterable[str]) -> list[str]:
     return models + [m for m in labels if m not in models]
 
 
+def _mean_over_settings(per_setting: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]], method: str,
+                        names: Sequence[str]) -> dict[str, tuple[float, None]]:
+    """Table cells of one method: each metric's per-setting means averaged over the test's settings."""
+    cells = {}
+    for name in names:
+        values = [r[f"{name}_mean"] for rs in per_setting.values() for r in rs.get(method, []) if f"{name}_mean" in r]
+        if values:
+            cells[name] = (sum(values) / len(values), None)
+    return cells
+
+
 def markdown(aggregated: Sequence[Mapping[str, Any]], title: str = "Evaluation", notes: Sequence[str] = ()) -> str:
     """The readable `metrics.md`: per test, a summary over settings, then every setting with standard errors."""
     names = metric_names(aggregated)
@@ -205,13 +216,7 @@ def markdown(aggregated: Sequence[Mapping[str, Any]], title: str = "Evaluation",
         methods = _method_order(m for rs in per_setting.values() for m in rs)
         rows = []
         for method in methods:
-            cells = {}
-            for name in used:
-                values = [r[f"{name}_mean"] for rs in per_setting.values() for r in rs.get(method, [])
-                          if f"{name}_mean" in r]
-                if values:
-                    cells[name] = (sum(values) / len(values), None)
-            rows.append(([method], cells))
+            rows.append(([method], _mean_over_settings(per_setting, method, used)))
         parts += [f"### {TEST_TITLES.get(letter, letter)}", "", _table(rows, ["method"], used), ""]
     parts += ["## Per setting", ""]
     for letter, per_setting in blocks.items():
@@ -248,12 +253,7 @@ def compare_markdown(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
                 if not method.startswith(MODEL) and method in seen_baselines:
                     continue
                 seen_baselines.add(method)
-                cells = {}
-                for name in names:
-                    values = [r[f"{name}_mean"] for rs in blocks.values() for r in rs.get(method, [])
-                              if f"{name}_mean" in r]
-                    if values:
-                        cells[name] = (sum(values) / len(values), None)
+                cells = _mean_over_settings(blocks, method, names)
                 table_rows.append(([run if method.startswith(MODEL) else "baseline", method], cells))
         used = [n for n in names if any(n in cells for _, cells in table_rows)]
         parts += [f"## {TEST_TITLES.get(letter, letter)}", "", _table(table_rows, ["run", "method"], used), ""]
