@@ -130,6 +130,38 @@ def test_save_hint_and_sampling_options(tiny_ckpt, tiny_photos, tmp_path, capsys
             .abs().amax(0) < 1e-6).any(), "the filled region carries the requested color"
 
 
+def test_post_l_takes_the_photos_lightness(tiny_ckpt, tiny_photos, tmp_path, capsys) -> None:
+    from dequant.color.colorspace import rgb_to_lab
+    from dequant.color.edits import post_l
+
+    photo = load_rgb(tiny_photos[0])
+    common = ["--ckpt", tiny_ckpt, "--sampler", "ddim", "--steps", "2"]
+    transfer = ["transfer", tiny_photos[0], "--palette", "#264653,#e9c46a,#e76f51", "-n", "3", *common]
+    for name, extra in (("plain", []), ("post", ["--post-L"])):
+        assert run(capsys, *transfer, *extra, "-o", tmp_path / f"t_{name}.png")[0] == 0
+    plain, post = load_rgb(tmp_path / "t_plain.png"), load_rgb(tmp_path / "t_post.png")
+    # The same sample (no resampling), its L replaced by the photo's at the photo's size; 8-bit PNG rounding aside.
+    assert (post - post_l(plain, photo)).abs().max() < 3 / 255
+    # Out-of-gamut colors of the untrained model clip on the way back to sRGB: most pixels, not all, keep L exactly.
+    assert (rgb_to_lab(post)[0] - rgb_to_lab(photo)[0]).abs().median() < 0.5
+    assert (rgb_to_lab(plain)[0] - rgb_to_lab(photo)[0]).abs().median() > 2
+    # Recolor: only inside the region, with or without --whole-image.
+    mask = torch.zeros_like(photo)
+    mask[:, 10:30, 20:50] = 1.0
+    save_rgb(mask, tmp_path / "mask.png")
+    recolor = ["recolor", tiny_photos[0], "--mask", tmp_path / "mask.png", "--color", "#c0392b", *common]
+    for name, extra in (("plain", ["--whole-image"]), ("post", ["--whole-image", "--post-L"]), ("paste", ["--post-L"])):
+        assert run(capsys, *recolor, *extra, "-o", tmp_path / f"r_{name}.png")[0] == 0
+    plain, post, paste = (load_rgb(tmp_path / f"r_{n}.png") for n in ("plain", "post", "paste"))
+    far = torch.ones(photo.shape[-2:], dtype=torch.bool)
+    far[10 - 4:30 + 4, 20 - 4:50 + 4] = False
+    assert torch.equal(post[:, far], plain[:, far]) and torch.equal(paste[:, far], photo[:, far])
+    inside = (slice(None), slice(12, 28), slice(22, 48))
+    for image in (post, paste):
+        assert (rgb_to_lab(image)[inside][0] - rgb_to_lab(photo)[inside][0]).abs().median() < 0.5
+    assert (rgb_to_lab(plain)[inside][0] - rgb_to_lab(photo)[inside][0]).abs().median() > 2
+
+
 def test_demo_figure_from_a_trained_run(tiny_run, tmp_path, capsys) -> None:
     from dequant.demo import main as demo_main
 

@@ -20,6 +20,7 @@ from dequant.metrics import (
     psnr,
     requantize_pair,
     smape,
+    speckle,
     ssim,
     texture_fidelity,
 )
@@ -191,6 +192,53 @@ def test_texture_fidelity_cases() -> None:
     assert batch.shape == (2,) and batch[0] > 0.99 > batch[1]
 
 
+def _grainy_ramp(b: int = 2, size: int = 32) -> torch.Tensor:
+    """A smooth color ramp with faint grain (flat by the speckle edge threshold everywhere) and one sharp edge."""
+    ramp = torch.linspace(0.2, 0.6, size).view(1, 1, 1, size).expand(b, 3, size, size).clone()
+    ramp[:, 1] = 0.5
+    grain = 0.004 * torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(3))
+    image = ramp + grain
+    image[:, :, :, 24:] += 0.3  # an edge: excluded from the flat region with its dilation
+    return image.clamp(0, 1)
+
+
+def test_speckle_source_noise_and_blur() -> None:
+    src = _grainy_ramp()
+    assert speckle(src, src).tolist() == [1.0, 1.0]
+    noisy = (src + 0.03 * torch.randn(src.shape, generator=torch.Generator().manual_seed(4))).clamp(0, 1)
+    assert torch.all(speckle(noisy, src) > 5)
+    blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(src, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    assert torch.all(speckle(blurred, src) < 0.5)
+    # The edge itself is not grain: sharpening only the edge's neighbourhood leaves the score at 1.
+    moved = src.clone()
+    moved[:, :, :, 23:25] = src[:, :, :, 23:25] * 0.5
+    assert speckle(moved, src) == pytest.approx(torch.ones(2), abs=1e-6)
+    out = speckle(noisy[0], src[0])
+    assert out.shape == (1,) and out.dtype == torch.float32
+
+
+def test_speckle_flat_source_and_no_flat_pixel() -> None:
+    flat = torch.full((1, 3, 16, 16), 0.5)
+    assert speckle(flat, flat).item() == 1.0
+    # A perfectly flat source does not divide by zero: noise on it scores far above 1.
+    assert speckle((flat + 0.05 * torch.randn(1, 3, 16, 16)).clamp(0, 1), flat).item() > 100
+    # A checkerboard has no flat pixel: every interior pixel counts.
+    board = ((torch.arange(16).view(-1, 1) + torch.arange(16)) % 2).float().expand(1, 3, 16, 16)
+    assert speckle(board, board).item() == 1.0 and speckle(flat, board).item() < 1e-3
+
+
+def test_speckle_bad_input() -> None:
+    x = _noise(0, (3, 16, 16))
+    with pytest.raises(ValueError, match="source"):
+        speckle(x, torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match="output"):
+        speckle(torch.full((3, 16, 16), float("nan")), x)
+    with pytest.raises(ValueError, match="output"):
+        speckle(torch.rand(4, 16, 16), x)
+    with pytest.raises(ValueError, match="3x3"):
+        speckle(torch.rand(3, 2, 16), torch.rand(3, 2, 16))
+
+
 def test_mean_sem() -> None:
     mean, sem = mean_sem([1.0, 2.0, 3.0, 4.0])
     assert mean == pytest.approx(2.5)
@@ -211,7 +259,7 @@ def test_compute_metrics_keys_follow_inputs() -> None:
     assert set(compute_metrics(out, out)) == {"l1", "smape", "psnr", "ssim"}
     full = compute_metrics(out, out, requested_index=index, requested_palette=palette, source=out, n_colors=2)
     assert set(full) == {"l1", "smape", "psnr", "ssim", "palette_de2000", "palette_err_requant",
-                         "palette_l1_requant", "texture_corr"}
+                         "palette_l1_requant", "texture_corr", "speckle"}
     assert all(v.shape == (2,) for v in full.values())
     assert full["palette_de2000"][0] < 1e-3 < full["palette_de2000"][1]
     assert full["palette_err_requant"][0] == pytest.approx(0.0, abs=1e-6)

@@ -220,6 +220,43 @@ def test_report_one_row_per_job_with_swept_columns_metrics_and_errors(tmp_path: 
     assert sweep_report.main([str(tmp_path / "nothing")]) == 2
 
 
+def test_report_shows_every_setting_beside_the_input(tmp_path: Path) -> None:
+    def rows(gain: float) -> list[dict[str, Any]]:
+        out = []
+        for test in ("r", "r_tex"):
+            for n, base in ((64, 32.0), (16, 26.5), (4, 21.0)):
+                for method, psnr in (("model", base + gain), ("input", base), ("bilateral", base - 1)):
+                    out.append({"test": test, "setting": f"N={n}", "method": method, "psnr_mean": psnr,
+                                "psnr_sem": 0.1, "speckle_mean": 1.0 + gain, "speckle_sem": 0.0})
+        return out
+
+    done = {"status": "completed", "train": {"metrics": {"val/loss": 0.5}}}
+    for num, (cue, gain) in enumerate((("T", 1.0), ("G", -2.0))):
+        _fake_job(tmp_path / str(num), [f"cond={cue}"], done, rows(gain), {"cond": "T,G"})
+    _fake_job(tmp_path / "2", ["cond=L"], {"status": "failed", "error": "boom"}, None, {"cond": "T,G,L"})
+    table = sweep_report.build_table([tmp_path])
+    settings = table.settings
+    assert settings.columns == ["test", "setting", "job", "cond", "psnr", "psnr (input)", "speckle",
+                                "speckle (input)"]
+    # Per setting, the jobs sit in adjacent rows (the failed job has none), each beside the input's value.
+    assert [(r["test"], r["setting"], r["job"]) for r in settings.rows[:4]] == [
+        ("r", "N=64", "0"), ("r", "N=64", "1"), ("r", "N=16", "0"), ("r", "N=16", "1")]
+    assert len(settings.rows) == 2 * 3 * 2
+    n4 = [r for r in settings.rows if r["test"] == "r_tex" and r["setting"] == "N=4"]
+    assert [(r["cond"], r["psnr"], r["psnr (input)"]) for r in n4] == [("T", 22.0, 21.0), ("G", 19.0, 21.0)]
+    text = sweep_report.report_markdown(table)
+    assert text.startswith(sweep_report.to_markdown(table)) and "## Per setting" in text
+    assert "| r_tex | N=4 | 0 | T | 22 | 21 | 2 | 2 |" in text
+    assert sweep_report.main([str(tmp_path)]) == 0
+    with open(tmp_path / "sweep_report_settings.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 12
+    assert "| r | N=16 | 1 | G | 24.5 | 26.5 |" in (tmp_path / "sweep_report.md").read_text()
+    # Naming metrics picks the tests and metrics of the per-setting table too.
+    narrow = sweep_report.build_table([tmp_path], metrics=["r/psnr"]).settings
+    assert narrow.columns[-2:] == ["psnr", "psnr (input)"] and {r["test"] for r in narrow.rows} == {"r"}
+    assert sweep_report.build_table([tmp_path], metrics=["val/loss"]).settings.rows == []
+
+
 def test_report_reads_jobs_run_without_the_sweep_entry_point(tmp_path: Path) -> None:
     job = _fake_job(tmp_path / "0", ["lr=1"], None, None)
     (job / "csv").mkdir()

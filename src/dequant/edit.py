@@ -7,11 +7,16 @@ Subcommands (SPEC 3, 4):
 - `recolor PHOTO --ckpt CKPT (--mask MASK.png | --point X,Y) --color HEX -o out.png`: fill a region with a flat
   color and let the model render it with the photo's texture.
 
-Resolution: the model runs at its training resolution. The photo is resized (bicubic; area averaging when
-shrinking by more than 2x) so that its short side equals the training crop size, aspect ratio kept, both sides
-rounded to a multiple of the UNet's downsampling factor (the concat UNet is convolutional, so any such size
-works); the model's output is resized back to the photo's size with bicubic interpolation. Detail finer than the
-model's resolution is therefore not restored: this is an honest resize, not tiling or super-resolution.
+Resolution (`--resolution`, default `DEFAULT_RESOLUTION`):
+- `native`: the model runs at the photo's own size (the concat UNet is convolutional): the whole photo in one
+  network call when it has at most `--tile`**2 pixels, else in overlapping `--tile` x `--tile` tiles blended with
+  a smooth window (`dequant.render.render_tiled`; each tile's noise is seeded by (--seed, tile number)), the sides
+  reflect-padded to a multiple of the UNet's downsampling factor and cropped back. A photo whose long side exceeds
+  `--max-side` is first shrunk to it (area averaging) and the result resized back (bicubic).
+- `train`: the model runs at its training resolution. The photo is resized (bicubic; area averaging when
+  shrinking by more than 2x) so that its short side equals the training crop size, aspect ratio kept, both sides
+  rounded to a multiple of the UNet's downsampling factor; the model's output is resized back to the photo's size
+  with bicubic interpolation, so detail finer than the model's resolution is not restored.
 
 Besides `-o out.png`, transfer and recolor (and quantize) write `out.palette.png`: the source colors on the left,
 the requested colors on the right, a line for every source color to the color it was matched to. Every argument is
@@ -39,11 +44,20 @@ PROG = "dequant-edit"
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SCORE_CHOICES = ("color", "neg", "freq", "int", "cmap")
 CUE_CHOICES = ("T", "G", "L", "none")
+RESOLUTION_CHOICES = ("native", "train")
+# The default of --resolution: flip to "train" if experiments/bench_render_size.py favours render-small-then-upscale.
+DEFAULT_RESOLUTION = "native"
+# --resolution native: the longest side the model works at (larger photos are shrunk to it, the result resized back).
+DEFAULT_MAX_SIDE = 1024
+# --resolution native: the default tile side, in training crops (2: a 128 px tile for a model trained on 64 px crops).
+TILE_CROPS = 2
 
 RESOLUTION_NOTE = (
-    "The model runs at its training resolution: the photo is resized so that its short side equals the training "
-    "crop size (aspect ratio kept, sides rounded to a multiple of the UNet's downsampling factor) and the output is "
-    "resized back to the photo's size with bicubic interpolation, so detail finer than the model's resolution is "
+    f"Resolution (--resolution, default {DEFAULT_RESOLUTION}): native runs the model at the photo's own size (long "
+    f"side capped at --max-side, default {DEFAULT_MAX_SIDE}), in one pass when it has at most --tile x --tile "
+    "pixels, else in overlapping tiles blended without seams; train resizes the photo so that its short side "
+    "equals the training crop size (sides rounded to a multiple of the UNet's downsampling factor) and resizes the "
+    "output back to the photo's size with bicubic interpolation, so detail finer than the model's resolution is "
     "not restored. Also writes OUT.palette.png (source and requested colors, matching drawn as lines)."
 )
 
@@ -108,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="texture cue; must be the one the checkpoint was trained with (default: it)")
         p.add_argument("--steps", type=_positive, default=None,
                        help="sampling steps (default: the checkpoint's sampler, e.g. 27 super27 DDPM steps)")
-        p.add_argument("--sampler", choices=("ddpm_super27", "ddpm", "ddim", "dpmsolver"), default=None,
-                       help="sampler (default: the checkpoint's)")
+        p.add_argument("--sampler", choices=("ddpm_super27", "ddpm", "ddim", "dpmsolver", "predictor", "bridge"),
+                       default=None, help="sampler (default: the checkpoint's; predictor: a residual model's "
+                                          "predictor alone; bridge: a bridge model's walk)")
         p.add_argument("--start-step", type=_non_negative, default=None, metavar="K",
                        help="SDEdit start: skip the first K sampling steps and start from the color input noised "
                             "to that level (keeps more of the input; default: the checkpoint's, usually 0)")
@@ -117,8 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hint guidance scale (needs a model trained with hint dropout; default: the "
                             "checkpoint's, usually 1 = none)")
         p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+        p.add_argument("--resolution", choices=RESOLUTION_CHOICES, default=DEFAULT_RESOLUTION,
+                       help=f"where the model runs (default {DEFAULT_RESOLUTION}): native = at the photo's own size, "
+                            "tiled as needed; train = at the training size, the result resized back (bicubic)")
+        p.add_argument("--max-side", type=_positive, default=None, metavar="PX",
+                       help=f"--resolution native: shrink a photo whose long side exceeds PX to PX for the model "
+                            f"and resize the result back (default {DEFAULT_MAX_SIDE})")
+        p.add_argument("--tile", type=_positive, default=None, metavar="PX",
+                       help=f"--resolution native: tile side, a multiple of the UNet's downsampling factor; photos "
+                            f"of at most PX x PX pixels run in one pass, larger ones in PX x PX tiles overlapping by "
+                            f"PX/4 (default {TILE_CROPS}x the training crop size)")
         p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
         p.add_argument("-o", "--output", required=True, metavar="OUT", help="output image (png, jpg, ...)")
+        p.add_argument("--post-L", dest="post_l", action="store_true",
+                       help="replace the output's CIELab L with the photo's, at the photo's size (the authors' "
+                            "post_L for L mode: the photo's shading and detail, the model's colors; recolor: "
+                            "inside the region only)")
         p.add_argument("--save-hint", action="store_true",
                        help="also write OUT.hint.png: the color input the model was given (the recolored "
                             "quantized photo, or the photo with the region filled), at the photo's size")
@@ -350,7 +379,9 @@ class _Model:
         given = {"steps": args.steps, "start_step": args.start_step, "guidance": args.guidance}
         try:
             spec = as_sampler_spec(args.sampler) if args.sampler is not None else self.module.sampler_spec
-            return dataclasses.replace(spec, **{k: v for k, v in given.items() if v is not None})
+            spec = dataclasses.replace(spec, **{k: v for k, v in given.items() if v is not None})
+            self.module.formulation.check_sampler(spec, key="--sampler")
+            return spec
         except ValueError as err:
             raise ValueError(f"--sampler/--steps/--start-step/--guidance: {err}") from err
 
@@ -393,6 +424,7 @@ def _target_palette(args: argparse.Namespace, n: int, quantizer: Any, size: tupl
 
 def run_transfer(args: argparse.Namespace) -> dict[Path, Tensor]:
     """Palette transfer with the model; return the images to write."""
+    from dequant.color.edits import post_l
     from dequant.color.hint import hint
     from dequant.color.matching import transfer
 
@@ -429,6 +461,8 @@ def run_transfer(args: argparse.Namespace) -> dict[Path, Tensor]:
              cue_mode=model.cue.mode, g_neutral=model.cue.g_neutral)
     result = model.sample(h, spec, args.seed)
     full = resize(result, *photo.shape[-2:])
+    if args.post_l:
+        full = post_l(full, photo)
     images = {out: full, palette_path(out): palette_figure(q.palette, target, mapping, q.fractions)}
     if args.save_hint:
         images[hint_path(out)] = _hint_image(moved.image, *photo.shape[-2:])
@@ -448,6 +482,7 @@ def _read_mask(path: str, height: int, width: int) -> Tensor:
 
 def run_recolor(args: argparse.Namespace) -> dict[Path, Tensor]:
     """Patch recoloring with the model; return the images to write."""
+    from dequant.color.edits import post_l
     from dequant.color.hint import fill_mask, hint
     from dequant.color.masks import mask_from_point
 
@@ -485,11 +520,16 @@ def run_recolor(args: argparse.Namespace) -> dict[Path, Tensor]:
              cue_mode=model.cue.mode, g_neutral=model.cue.g_neutral)
     result = model.sample(h, spec, args.seed)
     full = resize(result, height, width)
+    if full_mask is None:
+        full_mask = torch.from_numpy(cv2.resize(mask.numpy().astype(np.uint8), (width, height),
+                                                interpolation=cv2.INTER_NEAREST) > 0)
+    feather = 0.5 * height / size[0]
+    if args.post_l:
+        # Inside the region only: outside it the photo is pasted back anyway, and --whole-image asks for the
+        # model's own rendering there.
+        full = paste_region(full, post_l(full, photo), full_mask, feather=feather)
     if not args.whole_image:
-        if full_mask is None:
-            full_mask = torch.from_numpy(cv2.resize(mask.numpy().astype(np.uint8), (width, height),
-                                                    interpolation=cv2.INTER_NEAREST) > 0)
-        full = paste_region(photo, full, full_mask, feather=0.5 * height / size[0])
+        full = paste_region(photo, full, full_mask, feather=feather)
     region_mean = x[:, mask].mean(dim=1)[None]
     images = {out: full, palette_path(out): palette_figure(region_mean, color, [0])}
     if args.save_hint:

@@ -23,6 +23,8 @@
 - `texture_fidelity`: Pearson correlation between the gradient magnitudes of the two images' 8-bit gray
   (`rgb_to_gray255`, `numpy.gradient`-style central differences, as the texture cues). Magnitudes ignore the sign,
   so an inverted image still scores 1. One image flat (no gradient anywhere) and the other not: 0; both flat: 1.
+- `speckle`: high-frequency energy of the output where the source is flat, relative to the source's own (1 = as
+  grainy as the source, > 1 speckled, < 1 smoothed); the exact definition is in its docstring.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ _SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
 _SSIM_K1 = 0.01
 _SSIM_K2 = 0.03
+# The T cue's default threshold (8 gray levels per pixel) on the [0, 1] scale: below it the source counts as flat.
+_SPECKLE_EDGE = 8.0 / 255.0
+# One 8-bit level squared: keeps a perfectly flat source finite without moving ratios of real photos.
+_SPECKLE_EPS = (1.0 / 255.0) ** 2
 
 
 def _pair(output: Tensor, target: Tensor, names: tuple[str, str] = ("output", "target")) -> tuple[Tensor, Tensor]:
@@ -278,6 +284,50 @@ def texture_fidelity(output: Tensor, source: Tensor) -> Tensor:
     return corr.clamp(-1, 1).float()
 
 
+def _laplacian_energy(image: Tensor) -> Tensor:
+    """Sum over RGB of the squared 5-point Laplacian at the interior pixels, (B, H-2, W-2)."""
+    x = image.double()
+    c = x[..., 1:-1, 1:-1]
+    lap = x[..., :-2, 1:-1] + x[..., 2:, 1:-1] + x[..., 1:-1, :-2] + x[..., 1:-1, 2:] - 4 * c
+    return lap.pow(2).sum(1)
+
+
+def _flat_mask(source: Tensor) -> Tensor:
+    """Interior pixels (B, H-2, W-2) with no source edge (RGB gradient above the T threshold) within one pixel."""
+    s = source.double()
+    gx = (s[..., 1:-1, 2:] - s[..., 1:-1, :-2]) / 2
+    gy = (s[..., 2:, 1:-1] - s[..., :-2, 1:-1]) / 2
+    edges = (torch.hypot(gx, gy).amax(1) > _SPECKLE_EDGE).double()
+    # Dilated by one pixel: the 3x3 Laplacian next to an edge sees the edge's step, not grain.
+    near = torch.nn.functional.max_pool2d(edges[:, None], 3, stride=1, padding=1)[:, 0]
+    return near == 0
+
+
+def speckle(output: Tensor, source: Tensor) -> Tensor:
+    """High-frequency energy of `output` where `source` is flat, over the source's own, per image (B,).
+
+    Definition, on images in [0, 1] at their interior pixels (the 1-pixel border is left out):
+    - energy E(y) at a pixel: the 5-point Laplacian y(up) + y(down) + y(left) + y(right) - 4 y, squared and summed
+      over R, G and B;
+    - flat region F of the source: pixels where no pixel of their 3x3 neighbourhood is an edge, an edge being a
+      pixel where the largest RGB channel gradient magnitude (central differences, hypot of x and y) exceeds
+      8/255 (the T cue's threshold); if an image has no such pixel, F is all interior pixels;
+    - speckle = (mean_F E(output) + eps) / (mean_F E(source) + eps), eps = (1/255)^2.
+    1 means as grainy as the source (the source against itself is exactly 1), above 1 speckled (diffusion noise
+    left in flat areas; quantization contours in smooth gradients count too), below 1 smoother than the source.
+    Needs at least 3x3 pixels.
+    """
+    out, src = _pair(output, source, ("output", "source"))
+    if min(out.shape[-2:]) < 3:
+        raise ValueError(f"output must be at least 3x3 for speckle, got {tuple(out.shape[-2:])}")
+    flat = _flat_mask(src)
+    flat = torch.where(flat.flatten(1).any(1)[:, None, None], flat, torch.ones_like(flat))
+    weight = flat.double() / flat.flatten(1).sum(1).double()[:, None, None]
+    e_out = (_laplacian_energy(out) * weight).flatten(1).sum(1)
+    e_src = (_laplacian_energy(src) * weight).flatten(1).sum(1)
+    return ((e_out + _SPECKLE_EPS) / (e_src + _SPECKLE_EPS)).float()
+
+
 def mean_sem(values: Tensor | np.ndarray | Sequence[float]) -> tuple[float, float]:
     """Mean and standard error std(ddof=1)/sqrt(n) of a 1-D set of values (sem 0 for a single value)."""
     v = np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values, dtype=np.float64).reshape(-1)
@@ -304,7 +354,7 @@ def compute_metrics(
 
     target -> l1, smape, psnr, ssim; requested_index + requested_palette -> palette_de2000; n_colors with the
     requested image (given, or palette[index]) -> palette_err_requant and palette_l1_requant (the authors' L1
-    between the two re-quantized images); source -> texture_corr.
+    between the two re-quantized images); source -> texture_corr and speckle (source needs at least 3x3 pixels).
     """
     out, _ = check_image(output, "output")
     b = out.shape[0]
@@ -334,4 +384,5 @@ def compute_metrics(
         )
     if source is not None:
         metrics["texture_corr"] = texture_fidelity(output, source)
+        metrics["speckle"] = speckle(output, source)
     return metrics

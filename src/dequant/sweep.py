@@ -363,12 +363,12 @@ class SweepReportCallback(HydraCallback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Collect every job of the sweep folder into sweep_report.md / .csv."""
-        from dequant.sweep_report import build_table, to_markdown, write_report
+        from dequant.sweep_report import build_table, report_markdown, write_report
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         table = build_table([sweep_dir], metrics=self.metrics)
         md_path, csv_path = write_report(table, sweep_dir)
-        print(f"\nSweep report ({sweep_dir}):\n\n{to_markdown(table)}\nwritten to {md_path} and {csv_path}",
+        print(f"\nSweep report ({sweep_dir}):\n\n{report_markdown(table)}\nwritten to {md_path} and {csv_path}",
               flush=True)
         failed = [row["job"] for row in table.rows if row.get("status") not in OK_STATUSES]
         if failed and self.fail_at_end:

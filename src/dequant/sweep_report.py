@@ -6,7 +6,11 @@ swept overrides (the sweeper's parameters and every key whose value differs betw
 the error of a failed job. Metrics are training metrics (`val/loss`, the last value logged) or evaluation summaries
 `<test>/<metric>`: the model's `<metric>_mean` from the job's `metrics.csv` (or `eval/metrics.csv`), averaged over
 that test's settings, e.g. `r/psnr` (reconstruction, texture dropped) and `r_tex/psnr` (texture given).
-Writes `sweep_report.md` and `sweep_report.csv` (into the first path, or `--out`) and prints the markdown.
+Below it, a per-setting table: one row per test, setting (e.g. r at N=64, 16 and 4) and job, the key metrics
+(PSNR, SSIM, palette ΔE00, texture correlation, speckle) of the model, each beside the quantized input's value (the
+`input` baseline rows of the same `metrics.csv`), so a reader sees at once whether a run helps.
+Writes `sweep_report.md`, `sweep_report.csv` and `sweep_report_settings.csv` (into the first path, or `--out`) and
+prints the markdown.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ REPORT_NAME = "sweep_report"
 # Shown by default when present (`--metrics all` shows every metric).
 DEFAULT_TRAIN_METRICS = ("val/loss",)
 DEFAULT_EVAL_METRICS = ("psnr", "palette_de2000", "texture_corr")
+# The per-setting table's metrics, each beside the input baseline's value.
+SETTING_METRICS = ("psnr", "ssim", "palette_de2000", "texture_corr", "speckle")
+INPUT_METHOD = "input"
 _ERROR_CHARS = 160
 _LONG_NUMBER = re.compile(r"-?\d*\.\d{5,}(e-?\d+)?")
 
@@ -39,6 +46,7 @@ class SweepTable:
 
     columns: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    settings: SweepTable | None = None
 
 
 def _number(text: str) -> Any:
@@ -144,17 +152,21 @@ def load_job(job_dir: Path, method: str = "model") -> dict[str, Any]:
     record = json.loads((job_dir / RECORD_FILE).read_text()) if (job_dir / RECORD_FILE).is_file() else None
     overrides = parse_overrides(_yaml(job_dir / ".hydra" / "overrides.yaml") or (record or {}).get("overrides") or [])
     metrics: dict[str, float] = {}
+    eval_rows: list[dict[str, Any]] = []
     if record and (record.get("train") or {}).get("metrics"):
         metrics.update(record["train"]["metrics"])
     elif (job_dir / "csv" / "metrics.csv").is_file():
         metrics.update(last_logged(job_dir / "csv" / "metrics.csv"))
     for csv_path in (job_dir / "metrics.csv", job_dir / "eval" / "metrics.csv"):
         if csv_path.is_file():
-            metrics.update(eval_summary(read_metrics_csv(csv_path), method))
+            found = read_metrics_csv(csv_path)
+            eval_rows += found
+            metrics.update(eval_summary(found, method))
     error = (record or {}).get("error")
     optimized = ((_yaml(job_dir / ".hydra" / "config.yaml") or {}).get("optimized_metric"))
     return {"dir": job_dir, "status": record.get("status", "unknown") if record else "unrecorded",
-            "overrides": overrides, "metrics": metrics, "error": error, "keys": sweep_keys(job_dir),
+            "overrides": overrides, "metrics": metrics, "eval_rows": eval_rows, "error": error,
+            "keys": sweep_keys(job_dir),
             "seconds": (record or {}).get("seconds"), "optimized": optimized}
 
 
@@ -197,7 +209,44 @@ def build_table(paths: Sequence[str | Path], metrics: Sequence[str] | None = Non
         rows.append(row)
     columns = ["job", "status", *keys, *chosen]
     columns += [c for c in ("seconds", "error") if any(c in r for r in rows)]
-    return SweepTable(columns=columns + ["path"], rows=rows)
+    settings = settings_table(jobs, [r["job"] for r in rows], keys, metrics, method)
+    return SweepTable(columns=columns + ["path"], rows=rows, settings=settings)
+
+
+def _setting_metrics(jobs: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None) -> tuple[list[str], set[str]]:
+    """(metric names, tests or empty for all) of the per-setting table: the `<test>/<metric>` entries of an
+    explicit `metrics`, every evaluation metric for `all`, else `SETTING_METRICS`."""
+    present = list(dict.fromkeys(k[: -len("_mean")] for job in jobs for row in job["eval_rows"] for k in row
+                                 if k.endswith("_mean")))
+    if metrics and list(metrics) != ["all"]:
+        named = [m.split("/", 1) for m in metrics if "/" in m and not m.startswith(("val/", "train/"))]
+        return [m for m in dict.fromkeys(n for _, n in named) if m in present], {t for t, _ in named}
+    if metrics:
+        return present, set()
+    return [m for m in SETTING_METRICS if m in present], set()
+
+
+def settings_table(jobs: Sequence[Mapping[str, Any]], names: Sequence[str], keys: Sequence[str],
+                   metrics: Sequence[str] | None = None, method: str = "model") -> SweepTable:
+    """One row per (test, setting, job): `method`'s `<metric>` beside the input baseline's `<metric> (input)`."""
+    chosen, tests = _setting_metrics(jobs, metrics)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for name, job in zip(names, jobs) if chosen else ():
+        by_key = {(str(r.get("test")), str(r.get("setting")), str(r.get("method"))): r for r in job["eval_rows"]}
+        for (test, setting, m), row in by_key.items():
+            if m != method or (tests and test not in tests):
+                continue
+            out: dict[str, Any] = {"test": test, "setting": setting, "job": name}
+            out.update({k: job["overrides"][k] for k in keys if k in job["overrides"]})
+            base = by_key.get((test, setting, INPUT_METHOD), {})
+            for metric in chosen:
+                for column, source in ((metric, row), (f"{metric} ({INPUT_METHOD})", base)):
+                    if isinstance(source.get(f"{metric}_mean"), float):
+                        out[column] = source[f"{metric}_mean"]
+            groups.setdefault((test, setting), []).append(out)
+    columns = ["test", "setting", "job", *keys, *(c for m in chosen for c in (m, f"{m} ({INPUT_METHOD})"))]
+    # Jobs of one setting sit together: the runs compare along a few adjacent rows.
+    return SweepTable(columns=columns, rows=[r for rows in groups.values() for r in rows])
 
 
 def _common_parts(paths: Sequence[Path]) -> list[str]:
@@ -235,16 +284,34 @@ def _numeric(table: SweepTable, column: str) -> set[str]:
     return {column} if values and all(isinstance(v, (int, float)) for v in values) else set()
 
 
-def write_report(table: SweepTable, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write `sweep_report.md` and `sweep_report.csv` (every column, full errors) into `out_dir`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    md_path, csv_path = out / f"{REPORT_NAME}.md", out / f"{REPORT_NAME}.csv"
-    md_path.write_text(to_markdown(table), encoding="utf-8")
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+def report_markdown(table: SweepTable) -> str:
+    """The whole report: the job table, then (when any job was evaluated) the per-setting table."""
+    text = to_markdown(table)
+    if table.settings is not None and table.settings.rows:
+        text += ("\n## Per setting\n\nThe model's mean over images for every test and setting, each metric "
+                 f"beside the quantized input's (`{INPUT_METHOD}` baseline) on the same images.\n\n"
+                 + to_markdown(table.settings))
+    return text
+
+
+def _write_csv(table: SweepTable, path: Path) -> None:
+    """Every column of `table` as CSV."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=table.columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table.rows)
+
+
+def write_report(table: SweepTable, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write `sweep_report.md`, `sweep_report.csv` (every column, full errors) and, when any job was evaluated,
+    `sweep_report_settings.csv` into `out_dir`; returns the first two paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md_path, csv_path = out / f"{REPORT_NAME}.md", out / f"{REPORT_NAME}.csv"
+    md_path.write_text(report_markdown(table), encoding="utf-8")
+    _write_csv(table, csv_path)
+    if table.settings is not None and table.settings.rows:
+        _write_csv(table.settings, out / f"{REPORT_NAME}_settings.csv")
     return md_path, csv_path
 
 
@@ -263,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"sweep_report: error: {err}", file=sys.stderr)
         return 2
-    print(to_markdown(table), end="")
+    print(report_markdown(table), end="")
     if not args.no_write:
         md_path, csv_path = write_report(table, args.out or args.paths[0])
         print(f"\nwritten to {md_path} and {csv_path}")

@@ -94,3 +94,36 @@ def test_bad_arguments() -> None:
         HSVShift(float("inf"), 1.0, 1.0)
     with pytest.raises(ValueError, match="shift"):
         apply_hsv_shift(torch.rand(2, 3), (0.0, 1.0, 1.0))
+
+
+def test_post_l_takes_the_sources_lightness_and_keeps_the_outputs_chroma() -> None:
+    from dequant.color.colorspace import lab_to_rgb, rgb_to_lab
+    from dequant.color.edits import post_l
+
+    # Muted colors stay in gamut under any L swap, so L and a, b can be checked exactly.
+    source = 0.3 + 0.4 * _image(6, (2, 3, 12, 12))
+    output = 0.35 + 0.3 * _image(7, (2, 3, 12, 12))
+    out = post_l(output, source)
+    assert out.shape == output.shape and out.dtype == output.dtype
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    lab_out, lab_src, lab_in = rgb_to_lab(out), rgb_to_lab(source), rgb_to_lab(output)
+    assert torch.allclose(lab_out[:, 0], lab_src[:, 0], atol=0.05)
+    assert torch.allclose(lab_out[:, 1:], lab_in[:, 1:], atol=0.05)
+    # The source against itself is a Lab round trip; unbatched inputs stay unbatched.
+    assert torch.allclose(post_l(source, source), lab_to_rgb(rgb_to_lab(source)), atol=1e-5)
+    assert torch.allclose(post_l(output[0], source[0]), out[0])
+    # A flat gray output takes on the source's shading, gray stays gray.
+    shaded = post_l(torch.full((3, 12, 12), 0.5), source[0])
+    assert (shaded.max(0).values - shaded.min(0).values).max() < 0.02
+    assert torch.corrcoef(torch.stack([shaded[0].flatten(), rgb_to_lab(source[0])[0].flatten()]))[0, 1] > 0.99
+
+
+def test_post_l_bad_input() -> None:
+    from dequant.color.edits import post_l
+
+    with pytest.raises(ValueError, match="source"):
+        post_l(torch.rand(3, 8, 8), torch.rand(3, 8, 9))
+    with pytest.raises(ValueError, match="output"):
+        post_l(torch.full((3, 8, 8), float("nan")), torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match="source"):
+        post_l(torch.rand(3, 8, 8), torch.rand(3, 8, 8) + 2)

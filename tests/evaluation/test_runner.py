@@ -64,13 +64,14 @@ def test_every_test_letter_writes_its_rows(full_run: dict) -> None:
     assert len(metric_cols) % 2 == 0
     for mean, sem in zip(metric_cols[::2], metric_cols[1::2]):
         assert mean.endswith("_mean") and sem == mean[:-5] + "_sem"
-    assert {f"{m}_mean" for m in ("l1", "psnr", "ssim", "smape", "palette_de2000", "texture_corr")} <= set(columns)
+    assert {f"{m}_mean" for m in ("l1", "psnr", "ssim", "smape", "palette_de2000", "texture_corr", "speckle")} \
+        <= set(columns)
     baselines = {"input": "rhtpm", "bilateral": "rhtpm", "luminance_swap": "rhtpm", "reinhard": "htm", "ot": "tm"}
     expected = []
     for letter in "rhtpm":
         for keep in (False, True):
             for setting in T.settings(letter):
-                methods = ["model"] + [b for b, tests in baselines.items() if letter in tests]
+                methods = ["model", "model+post_L"] + [b for b, tests in baselines.items() if letter in tests]
                 expected += [(T.variant_name(letter, keep), setting.label, m) for m in methods]
     assert sorted((r["test"], r["setting"], r["method"]) for r in rows) == sorted(expected)
     for row in rows:
@@ -94,6 +95,30 @@ def test_markdown_and_grids(full_run: dict) -> None:
     assert "#### m cmap=twilight N=4" in text
     grids = sorted(p.stem for p in (run_dir / "grids").glob("*.png"))
     assert grids == sorted(s.slug for letter in "rhtpm" for s in T.settings(letter))
+
+
+def test_markdown_shows_every_setting_beside_the_input(full_run: dict) -> None:
+    text = (Path(full_run["run_dir"]) / "metrics.md").read_text()
+    key = text.split("## Per setting: key metrics")[1].split("## At a glance")[0]
+    r_table = key.split(f"### {report.TEST_TITLES['r']}")[1].split("###")[0]
+    header = r_table.strip().splitlines()[0]
+    assert header.startswith("| metric | setting | model, texture given | model, texture dropped | "
+                             "model+post_L, texture given | model+post_L, texture dropped | input |")
+    for name in ("PSNR ↑", "SSIM ↑", "palette ΔE00 ↓", "texture corr ↑", "speckle (x source) →1"):
+        assert f"| {name} | N=64 |" in r_table
+    assert all(f"|  | N={n} |" in r_table for n in (16, 4))
+    assert "| palette ΔE00 ↓ | score=color N=8 |" in key  # t has no ground truth: no PSNR rows
+    assert "| PSNR ↑ | score=color N=8 |" not in key
+
+
+def test_post_l_rows_can_be_turned_off(tiny_ckpt: Path, tiny_photos: list[Path], tmp_path: Path) -> None:
+    paths = "[" + ",".join(str(p) for p in tiny_photos[:2]) + "]"
+    common = ["progress=false", "baselines=none", "tests=r", "grid_images=0", f"data.paths={paths}"]
+    out = evaluate(eval_cfg(tmp_path / "off", tiny_ckpt, *common, "post_L=false"))
+    assert {r["method"] for r in report.read_csv(out["metrics_csv"])} == {"model"}
+    assert "post_L" not in Path(out["metrics_md"]).read_text().split("## Per setting: key metrics")[1]
+    with pytest.raises(ValueError, match="post_L must be true or false"):
+        evaluate(eval_cfg(tmp_path / "bad", tiny_ckpt, *common, "post_L=sometimes"))
 
 
 def test_results_do_not_depend_on_the_batch_size(tiny_ckpt: Path, tiny_photos: list[Path], tmp_path: Path) -> None:
@@ -142,6 +167,9 @@ def test_report_aggregates_mean_and_sem() -> None:
     assert report.csv_columns(agg) == ["test", "setting", "method", "l1_mean", "l1_sem", "psnr_mean", "psnr_sem"]
     md = report.markdown(agg)
     assert "| input | **0.5000 ± 0.0000** | 3.00 ± 0.00 |" in md and "| model, texture dropped |" in md
+    # The key-metric table opens the report: one row per setting, the input beside the model.
+    assert "| metric | setting | model, texture dropped | input |\n|---|---|---:|---:|\n" \
+           "| PSNR ↑ | N=4 | **23.33** | 3.00 |" in md
     with pytest.raises(ValueError, match="rows"):
         report.aggregate([{"test": "r", "l1": 1.0}])
 
@@ -214,6 +242,7 @@ def test_run_case_rows_per_variant_and_method(tiny_images: torch.Tensor) -> None
     from contextlib import nullcontext
 
     from dequant.color.cues import TextureCue
+    from dequant.color.edits import post_l
     from dequant.color.quantize import Quantizer
     from dequant.evaluation.baselines import bilateral_smooth
     from dequant.evaluation.runner import Baseline, run_case
@@ -242,6 +271,15 @@ def test_run_case_rows_per_variant_and_method(tiny_images: torch.Tensor) -> None
     assert sorted({r["test"] for r in rows}) == ["r", "r_tex"] and len(rows) == 8
     bil = [r for r in rows if r["method"] == "bilateral"]
     assert [r["l1"] for r in bil if r["test"] == "r"] == [r["l1"] for r in bil if r["test"] == "r_tex"]
+    assert all("speckle" in r for r in rows)
+    # post_L: the same samples with the source's L, rows right after the model's, no extra sampling.
+    rows, outputs = run_case(case, Echo(), variants=(False, True), post_l_rows=True, **kwargs)
+    assert [(r["test"], r["method"]) for r in rows[:4]] == [("r", "model")] * 2 + [("r", "model+post_L")] * 2
+    assert len(rows) == 12 and set(outputs) == {"model", "post_L", "model + texture", "post_L + texture", "bilateral"}
+    assert torch.allclose(outputs["post_L"], post_l(outputs["model"], case.source))
+    swapped = {r["image_id"]: r["psnr"] for r in rows if r["method"] == "model+post_L" and r["test"] == "r"}
+    plain = {r["image_id"]: r["psnr"] for r in rows if r["method"] == "model" and r["test"] == "r"}
+    assert all(swapped[i] > plain[i] for i in plain)  # the source's L brings the quantized input closer to it
 
 
 def test_configured_matching_score_drives_the_transfer_test(tiny_ckpt: Path, tiny_photos: list[Path],

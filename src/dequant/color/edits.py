@@ -1,4 +1,6 @@
-"""The HSV edit of evaluation test `h` (SPEC 5): a hue rotation and saturation/value scaling, on images or palettes."""
+"""Color edits: the HSV edit of evaluation test `h` (SPEC 5), a hue rotation and saturation/value scaling on images
+or palettes; and `post_l`, the authors' post-processing for `L` mode (the output's CIELab L replaced by the
+source's)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 from torch import Tensor
 
 from dequant.color._checks import check_image, check_palette
-from dequant.color.colorspace import hsv_to_rgb, rgb_to_hsv
+from dequant.color.colorspace import hsv_to_rgb, lab_to_rgb, rgb_to_hsv, rgb_to_lab
 
 
 @dataclass(frozen=True)
@@ -67,3 +69,14 @@ def apply_hsv_shift(x: Tensor, shift: HSVShift) -> Tensor:
 def hsv_edit(x: Tensor, strength: float, rng: np.random.Generator) -> Tensor:
     """Draw an HSV edit of the given strength from `rng` and apply it to an image or palette."""
     return apply_hsv_shift(x, hsv_params(strength, rng))
+
+
+def post_l(output: Tensor, source: Tensor) -> Tensor:
+    """CIELab L of `source`, a and b of `output`, back to sRGB clipped to [0, 1]; (3,H,W) or (B,3,H,W) as given."""
+    out, was_batched = check_image(output, "output")
+    src, _ = check_image(source, "source")
+    if out.shape != src.shape:
+        raise ValueError(f"source must have the shape of output {tuple(output.shape)}, got {tuple(source.shape)}")
+    lab_out, lab_src = rgb_to_lab(out.float()), rgb_to_lab(src.float())
+    rgb = lab_to_rgb(torch.cat([lab_src[:, :1], lab_out[:, 1:]], dim=1)).clamp(0, 1).to(output.dtype)
+    return rgb if was_batched else rgb[0]

@@ -231,6 +231,7 @@ class DequantDataModule(LightningDataModule):
         cache_max_gb: float = 4.0,
         pin_memory: bool = False,
         persistent_workers: bool = True,
+        train_only_paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(example, ExampleMaker):
@@ -256,6 +257,8 @@ class DequantDataModule(LightningDataModule):
         self.cache_max_gb = float(cache_max_gb)
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers)
+        # Extra photos that only ever train: adding them leaves the val/test split of `paths` as it was.
+        self.train_only_paths = train_only_paths
         self.split: dict[str, list[Path]] | None = None
         self.all_paths: list[Path] = []
         self.val_examples: list[dict[str, Tensor]] = []
@@ -281,6 +284,12 @@ class DequantDataModule(LightningDataModule):
             return
         self.all_paths = list_images(self.paths)
         self.split = split_paths(self.all_paths, seed=self.split_seed, n_val=self.n_val, n_test=self.n_test)
+        if self.train_only_paths:
+            # A photo listed in both stays where the split put it, so a held-out photo never trains.
+            known = set(self.all_paths)
+            extra = [q for q in list_images(self.train_only_paths) if q not in known]
+            self.all_paths = self.all_paths + extra
+            self.split["train"] = list(self.split["train"]) + extra
         train_source = self._source("train")
         train_source.get(0)  # fails now, with a clear message, when no training image can be loaded
         self._train = TrainDataset(train_source, self._ids("train"), self.example, self.seed)

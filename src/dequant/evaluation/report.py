@@ -2,9 +2,11 @@
 
 `metrics.csv` has the columns `test, setting, method`, then `<metric>_mean, <metric>_sem` for every metric (empty
 where a metric does not apply, e.g. PSNR without ground truth). `metrics.md` is written to answer the paper's
-question at a glance: per test letter, one block where the model with texture, the model without texture and the
-baselines sit in adjacent rows (mean over the test's settings, best in bold), then the same per setting with
-standard errors. `compare_markdown` puts several runs (e.g. checkpoints trained with the T, G and L cues) side by side.
+question at a glance: first, per test letter, one compact table of the key metrics (PSNR, SSIM, palette ΔE00,
+texture correlation, speckle) with a row per metric and setting (e.g. r at N=64, 16 and 4) and a column per method
+(the model with and without texture, `model+post_L` and the baselines, the quantized `input` among them; best of
+each row in bold); then per test the mean over its settings of every metric; then every setting with standard
+errors. `compare_markdown` puts several runs (e.g. checkpoints trained with the T, G and L cues) side by side.
 
 Command line: `python -m dequant.evaluation.report RUN_DIR [RUN_DIR ...] [-o compare.md]` prints (or writes) the
 comparison of the runs' `metrics.csv` files, each run labelled by its folder name.
@@ -36,8 +38,13 @@ METRICS: dict[str, tuple[str, str]] = {
     "palette_err_requant": ("palette err (requant)", ".4f"),
     "palette_l1_requant": ("palette L1 (requant)", ".4f"),
     "texture_corr": ("texture corr", ".3f"),
+    "speckle": ("speckle (x source)", ".3f"),
 }
+# The metrics of the compact per-setting tables that open `metrics.md`.
+KEY_METRICS = ("psnr", "ssim", "palette_de2000", "texture_corr", "speckle")
 HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "texture_corr"})
+# Ratios to the source where 1 is ideal: below 1 is over-smoothed, above 1 speckled; best = nearest 1 (log scale).
+IDEAL_ONE = frozenset({"speckle"})
 TEST_TITLES = {
     "r": "r: reconstruction (ground truth = source)",
     "h": "h: HSV edit of the palette (ground truth = same edit of the source)",
@@ -46,6 +53,8 @@ TEST_TITLES = {
     "m": "m: colormap transfer (no ground truth)",
 }
 MODEL = "model"
+# The model's samples with their CIELab L replaced by the source's (`dequant.color.edits.post_l`).
+POST_L = "model+post_L"
 
 
 def metric_names(rows: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -127,9 +136,9 @@ def _letter(test: str) -> str:
 
 
 def _method_label(test: str, method: str) -> str:
-    if method != MODEL:
+    if method not in (MODEL, POST_L):
         return method
-    return "model, texture given" if test.endswith("_tex") else "model, texture dropped"
+    return f"{method}, texture given" if test.endswith("_tex") else f"{method}, texture dropped"
 
 
 def _fmt(name: str, value: float | None, sem: float | None = None) -> str:
@@ -142,7 +151,14 @@ def _fmt(name: str, value: float | None, sem: float | None = None) -> str:
 
 def _header(name: str) -> str:
     label = METRICS.get(name, (name, ""))[0]
-    return f"{label} {'↑' if name in HIGHER_IS_BETTER else '↓'}"
+    return f"{label} {'↑' if name in HIGHER_IS_BETTER else '→1' if name in IDEAL_ONE else '↓'}"
+
+
+def _best(name: str, values: Sequence[float]) -> float:
+    """The best of several values of one metric."""
+    if name in IDEAL_ONE:
+        return min(values, key=lambda v: abs(math.log(max(v, 1e-12))))
+    return max(values) if name in HIGHER_IS_BETTER else min(values)
 
 
 Cells = dict[str, tuple[float, float | None]]
@@ -154,7 +170,7 @@ def _table(rows: list[tuple[list[str], Cells]], lead: list[str], names: list[str
     for name in names:
         values = [cells[name][0] for _, cells in rows if name in cells]
         if len(values) > 1:
-            best[name] = max(values) if name in HIGHER_IS_BETTER else min(values)
+            best[name] = _best(name, values)
     lines = ["| " + " | ".join([*lead, *(_header(n) for n in names)]) + " |",
              "|" + "---|" * (len(lead) + len(names))]
     for texts, cells in rows:
@@ -177,7 +193,7 @@ def _blocks(aggregated: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict
         test, setting, method = (str(row[k]) for k in KEYS)
         label = _method_label(test, method)
         per_setting = out.setdefault(_letter(test), {}).setdefault(setting, {})
-        if method != MODEL and label in per_setting:
+        if method not in (MODEL, POST_L) and label in per_setting:
             continue
         per_setting.setdefault(label, []).append(row)
     return out
@@ -185,7 +201,8 @@ def _blocks(aggregated: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict
 
 def _method_order(labels: Iterable[str]) -> list[str]:
     labels = list(dict.fromkeys(labels))
-    models = [m for m in ("model, texture given", "model, texture dropped") if m in labels]
+    models = [f"{m}, texture {v}" for m in (MODEL, POST_L) for v in ("given", "dropped")]
+    models = [m for m in models if m in labels]
     return models + [m for m in labels if m not in models]
 
 
@@ -200,16 +217,48 @@ def _mean_over_settings(per_setting: Mapping[str, Mapping[str, Sequence[Mapping[
     return cells
 
 
+def _best_in_row(name: str, values: Sequence[float | None]) -> float | None:
+    """The best of a row's values (None where a method lacks the metric), or None when fewer than two compete."""
+    present = [v for v in values if v is not None]
+    return _best(name, present) if len(present) > 1 else None
+
+
+def key_table(per_setting: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
+              names: Sequence[str] = KEY_METRICS) -> str:
+    """One test's compact table: a row per (key metric, setting), a column per method, the row's best in bold."""
+    methods = _method_order(m for rs in per_setting.values() for m in rs)
+    lines = ["| metric | setting | " + " | ".join(methods) + " |", "|---|---|" + "---:|" * len(methods)]
+    for name in names:
+        first = True
+        for setting, by_method in per_setting.items():
+            values = [next((r[f"{name}_mean"] for r in by_method.get(m, []) if f"{name}_mean" in r), None)
+                      for m in methods]
+            if all(v is None for v in values):
+                continue
+            best = _best_in_row(name, values)
+            cells = ["–" if v is None else f"**{_fmt(name, v)}**" if v == best else _fmt(name, v) for v in values]
+            lines.append("| " + " | ".join([_header(name) if first else "", setting, *cells]) + " |")
+            first = False
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def markdown(aggregated: Sequence[Mapping[str, Any]], title: str = "Evaluation", notes: Sequence[str] = ()) -> str:
-    """The readable `metrics.md`: per test, a summary over settings, then every setting with standard errors."""
+    """The readable `metrics.md`: per test, the key metrics per setting, a summary over settings, then every
+    setting with standard errors."""
     names = metric_names(aggregated)
     blocks = _blocks(aggregated)
     parts = [f"# {title}", ""]
     parts += [*notes, ""] if notes else []
-    parts += ["Mean ± standard error over images; ↑ higher is better, ↓ lower is better; **bold**: best method "
-              "in the block. `model, texture given` is the `<letter>_tex` test, `model, texture dropped` the "
-              "`<letter>` test; baselines are computed once per setting (they see no texture cue).", "",
-              "## At a glance (mean over each test's settings)", ""]
+    parts += ["Mean ± standard error over images; ↑ higher is better, ↓ lower is better, →1 best at 1; **bold**: "
+              "best method in the row or block. `model, texture given` is the `<letter>_tex` test, `model, texture "
+              "dropped` the `<letter>` test; `model+post_L` is the same samples with their CIELab L replaced by the "
+              "source's; baselines are computed once per setting (they see no texture cue), `input` is the "
+              "quantized (requested) image itself.", "",
+              "## Per setting: key metrics", ""]
+    for letter, per_setting in blocks.items():
+        table = key_table(per_setting)
+        parts += [f"### {TEST_TITLES.get(letter, letter)}", "", table, ""] if table else []
+    parts += ["## At a glance (mean over each test's settings)", ""]
     for letter, per_setting in blocks.items():
         used = [n for n in names if any(f"{n}_mean" in r for rs in per_setting.values() for rows in rs.values()
                                         for r in rows)]
@@ -218,7 +267,7 @@ def markdown(aggregated: Sequence[Mapping[str, Any]], title: str = "Evaluation",
         for method in methods:
             rows.append(([method], _mean_over_settings(per_setting, method, used)))
         parts += [f"### {TEST_TITLES.get(letter, letter)}", "", _table(rows, ["method"], used), ""]
-    parts += ["## Per setting", ""]
+    parts += ["## Per setting, every metric", ""]
     for letter, per_setting in blocks.items():
         parts += [f"### {TEST_TITLES.get(letter, letter)}", ""]
         for setting, methods in per_setting.items():
@@ -244,7 +293,8 @@ def compare_markdown(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     names = metric_names(all_rows)
     letters = list(dict.fromkeys(_letter(str(r["test"])) for r in all_rows))
     parts = ["# Comparison of evaluation runs", "",
-             "Means over each test's settings (per-setting means averaged); ↑ higher / ↓ lower is better.", ""]
+             "Means over each test's settings (per-setting means averaged), then the key metrics per setting; "
+             "↑ higher / ↓ lower / →1 nearest 1 is better.", ""]
     for letter in letters:
         table_rows, seen_baselines = [], set()
         for run, rows in runs.items():
@@ -257,7 +307,25 @@ def compare_markdown(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
                 table_rows.append(([run if method.startswith(MODEL) else "baseline", method], cells))
         used = [n for n in names if any(n in cells for _, cells in table_rows)]
         parts += [f"## {TEST_TITLES.get(letter, letter)}", "", _table(table_rows, ["run", "method"], used), ""]
+        per_setting = _runs_per_setting(runs, letter)
+        table = key_table(per_setting)
+        parts += [table, ""] if table else []
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _runs_per_setting(runs: Mapping[str, Sequence[Mapping[str, Any]]],
+                      letter: str) -> dict[str, dict[str, list[Mapping[str, Any]]]]:
+    """setting -> `<run>: <model label>` for every run's model rows, then each baseline once -> rows."""
+    out: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
+    # Two passes so that every run's model columns come before the baselines'.
+    for models in (True, False):
+        for run, rows in runs.items():
+            for setting, methods in _blocks(rows).get(letter, {}).items():
+                for method in _method_order(methods):
+                    if method.startswith(MODEL) == models:
+                        label = f"{run}: {method}" if models else method
+                        out.setdefault(setting, {}).setdefault(label, list(methods[method]))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,8 +9,9 @@ What it does, from a composed `conf/evaluate.yaml`:
    empty; each image is resized (short side = image size, bicubic or area when shrinking > 2x) and center-cropped;
    its id is its position in the sorted list of all images, as in training;
 3. for every test letter and setting (`dequant.evaluation.tests`), on batches of images: samples the model with
-   texture given and dropped (each image's noise seeded by (seed, image id)), runs the configured baselines on the
-   same requested colors, scores everything per image;
+   texture given and dropped (each image's noise seeded by (seed, image id)), with `post_L` (default true) also
+   scores those same samples with their CIELab L replaced by the source's (method `model+post_L`, no extra
+   sampling), runs the configured baselines on the same requested colors, scores everything per image;
 4. with several processes (Lightning Fabric, e.g. `fabric.strategy=ddp fabric.devices=2`), rank r evaluates images
    r, r + world, ...; per-image rows are gathered on rank 0, so every image counts once and the tables do not
    depend on the number of processes;
@@ -35,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from dequant.color.cues import TextureCue
+from dequant.color.edits import post_l
 from dequant.color.matching import match_palettes
 from dequant.color.quantize import Quantizer
 from dequant.data.io import writable_folder
@@ -228,17 +230,28 @@ def _gather(fabric: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _notes(ckpt: str, cue: TextureCue, n_images: int, size: int, origin: str, spec: Any, seed: int,
-           quantizer: Any, world: int) -> list[str]:
+           quantizer: Any, world: int, formulation: Any) -> list[str]:
     return [f"- checkpoint: `{ckpt}`",
+            f"- formulation: `{formulation.name}`, {formulation.network_evaluations(spec)} network evaluations "
+            "per image",
             f"- texture cue: `{cue.mode}` (threshold {cue.threshold:g}, G neutral {cue.g_neutral:g})",
             f"- images: {n_images} at {size}x{size} ({origin})",
             f"- sampler: {spec.name}, {spec.steps} steps (start step {spec.start_step}, guidance {spec.guidance:g}); "
             f"seed {seed}; quantizer: {quantizer}; processes: {world}"]
 
 
+def _flag(value: Any, key: str) -> bool:
+    """A boolean config value; anything else is a ValueError naming the key."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
 def run_case(case: Case, module: Any, *, baselines: Sequence[Baseline], variants: Sequence[bool], sampler: Any,
-             seed: int, image_ids: Sequence[int], fabric: Any, order: tuple[int, int]) -> tuple[list, dict]:
-    """Model (each texture variant) and baselines on one case: (per-image metric rows, outputs by column name)."""
+             seed: int, image_ids: Sequence[int], fabric: Any, order: tuple[int, int],
+             post_l_rows: bool = False) -> tuple[list, dict]:
+    """Model (each texture variant, with `post_l_rows` also its L-swapped samples) and baselines on one case:
+    (per-image metric rows, outputs by column name)."""
     rows: list[dict[str, Any]] = []
     outputs: dict[str, Tensor] = {}
     letter, label = case.setting.letter, case.setting.label
@@ -249,7 +262,12 @@ def run_case(case: Case, module: Any, *, baselines: Sequence[Baseline], variants
         outputs["model + texture" if keep else "model"] = out
         rows += _rows(variant_name(letter, keep), label, report.MODEL, image_ids, case_metrics(case, out),
                       (order[0], int(keep), order[1], 0))
-    for k, baseline in enumerate(baselines, start=1):
+        if post_l_rows:
+            swapped = post_l(out, case.source)
+            outputs["post_L + texture" if keep else "post_L"] = swapped
+            rows += _rows(variant_name(letter, keep), label, report.POST_L, image_ids, case_metrics(case, swapped),
+                          (order[0], int(keep), order[1], 1))
+    for k, baseline in enumerate(baselines, start=2):
         out = baseline(case).float().cpu().clamp(0, 1)
         outputs[baseline.name] = out
         metrics = case_metrics(case, out)
@@ -282,6 +300,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     match = build_matcher(cfg.get("matching"), dq_cfg)
     sampler = _plain(cfg.get("sampler")) or None
     baselines = build_baselines(cfg.get("baselines"))
+    post_l_rows = _flag(cfg.get("post_L", True), "post_L")
     files, ids, origin = held_out_paths(ckpt, dq_cfg, cfg.data.get("paths"))
     if cfg.data.get("max_images"):
         files, ids = files[: int(cfg.data.max_images)], ids[: int(cfg.data.max_images)]
@@ -291,6 +310,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     rank, world = fabric.global_rank, fabric.world_size
     module = load_model(ckpt).to(fabric.device)
     module.eval()
+    if sampler:
+        module.formulation.check_sampler(as_sampler_spec(sampler))
 
     n = len(files)
     mine = list(range(rank, n, world))
@@ -321,7 +342,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                       seed=seed)
                     case_rows, outputs = run_case(case, module, baselines=active, variants=variants,
                                                   sampler=sampler, seed=seed, image_ids=batch_ids, fabric=fabric,
-                                                  order=(li, si))
+                                                  order=(li, si), post_l_rows=post_l_rows)
                     rows += case_rows
                     if rank == 0 and bi == 0 and n_grid > 0:
                         grids[setting.slug] = _grid(case, outputs, n_grid)
@@ -335,7 +356,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     aggregated = report.aggregate([{k: v for k, v in r.items() if k not in ("_order", "image_id")} for r in rows])
     csv_path = report.write_csv(aggregated, run_dir / "metrics.csv")
     spec = as_sampler_spec(sampler) if sampler else module.sampler_spec
-    notes = _notes(ckpt, cue, n, size, origin, spec, seed, quantizer, world)
+    notes = _notes(ckpt, cue, n, size, origin, spec, seed, quantizer, world, module.formulation)
     md_path = report.write_markdown(aggregated, run_dir / "metrics.md", title="Evaluation", notes=notes)
     grid_paths = {slug: viz.save_png(g, run_dir / "grids" / f"{slug}.png") for slug, g in grids.items()}
     _log_to_loggers(cfg, aggregated, grids)

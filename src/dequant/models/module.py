@@ -17,15 +17,15 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import Tensor, nn
 
 from dequant import metrics as M
 from dequant.color._checks import check_choice
 from dequant.models.ema import EMA
+from dequant.models.formulations import Formulation, as_formulation, diffusion_targets
 from dequant.models.ranges import from_model_range, to_model_range
-from dequant.models.sampling import SamplerSpec, as_sampler_spec, image_generators, make_scheduler, sample_loop
+from dequant.models.sampling import SamplerSpec, as_sampler_spec, image_generators
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear", "sigmoid")
@@ -59,11 +59,16 @@ def _palette_and_index(color: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class DequantModule(L.LightningModule):
-    """Trains `net(x_t, t, hint)` to predict eps (or v) under a cosine DDPM schedule; samples with EMA weights."""
+    """Trains `net(x_t, t, hint)` as its formulation says (noise, residual, bridge); samples with EMA weights.
+
+    The DDPM schedule (`prediction_type`, `num_train_timesteps`, `beta_schedule`) serves the diffusion formulations;
+    the bridge uses only `num_train_timesteps`, to scale its continuous time for the net's timestep embedding.
+    """
 
     def __init__(
         self,
         net: nn.Module,
+        formulation: Formulation | Mapping | str | None = None,
         prediction_type: str = "epsilon",
         num_train_timesteps: int = 1000,
         beta_schedule: str = "squaredcos_cap_v2",
@@ -107,13 +112,18 @@ class DequantModule(L.LightningModule):
         if isinstance(max_nonfinite_steps, bool) or not isinstance(max_nonfinite_steps, int) or max_nonfinite_steps < 0:
             raise ValueError(f"max_nonfinite_steps must be an int >= 0 (0 = never stop), got {max_nonfinite_steps!r}")
         spec = as_sampler_spec(sampler)
+        form = as_formulation(formulation)
+        form.check_sampler(spec)
         # save_hyperparameters reads these locals: keep only plain types in them.
         sampler = {"_target_": _SAMPLER_TARGET, **dataclasses.asdict(spec)}
+        formulation = form.hydra_config()
         config = _plain(config) if config is not None else None
         samples_dir = None if samples_dir is None else str(samples_dir)
         self.save_hyperparameters(ignore=["net"])
 
         self.net = net
+        self.formulation = form
+        form.init_net(net)
         self.sampler_spec = spec
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=int(num_train_timesteps), beta_schedule=beta_schedule,
@@ -148,30 +158,21 @@ class DequantModule(L.LightningModule):
         return g
 
     def _targets(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """What the net regresses: eps, v = sqrt(a) eps - sqrt(1 - a) x0, or x0 itself ("sample")."""
-        if self.hparams.prediction_type == "epsilon":
-            return noise
-        if self.hparams.prediction_type == "sample":
-            return x0
-        return self.noise_scheduler.get_velocity(x0, noise, t)
+        """What a diffusion net regresses: eps, v = sqrt(a) eps - sqrt(1 - a) x0, or x0 itself ("sample")."""
+        return diffusion_targets(self.noise_scheduler, x0, noise, t)
 
     def _null_hint(self, hint: Tensor) -> Tensor:
         """The 'no hint' input for condition dropout and guidance: all -1 in model range (all 0 in [0, 1])."""
         return torch.full_like(hint, -1.0)
 
     def diffusion_loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
-        """MSE between the net's prediction and eps/v at uniform random timesteps (with optional hint dropout)."""
+        """The formulation's training loss on one batch (with optional hint dropout, for guidance)."""
         hint = to_model_range(batch["hint"].float())
         x0 = to_model_range(batch["target"].float())
-        b = x0.shape[0]
-        t = torch.randint(0, self.hparams.num_train_timesteps, (b,), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        x_t = self.noise_scheduler.add_noise(x0, noise, t)
         if self.hparams.cond_dropout > 0:
-            drop = torch.rand(b, device=x0.device, generator=generator) < self.hparams.cond_dropout
+            drop = torch.rand(x0.shape[0], device=x0.device, generator=generator) < self.hparams.cond_dropout
             hint = torch.where(drop[:, None, None, None], self._null_hint(hint), hint)
-        pred = self.net(x_t, t, hint)
-        return F.mse_loss(pred.float(), self._targets(x0, noise, t).float())
+        return self.formulation.training_loss(self.net, x0, hint, self.noise_scheduler, generator)
 
     # ---------------------------------------------------------------------------------------------- training
     def on_fit_start(self) -> None:
@@ -250,13 +251,6 @@ class DequantModule(L.LightningModule):
         self._val_count = 0
         self._val_rows = []
 
-    def _fixed_noise(self, x0: Tensor, image_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-image timesteps and noise from (val_seed, image id): the same every validation, on any device."""
-        gens = image_generators(self.hparams.val_seed, image_ids, "cpu")
-        t = torch.cat([torch.randint(0, self.hparams.num_train_timesteps, (1,), generator=g) for g in gens])
-        noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=g) for g in gens])
-        return t.to(x0.device), noise.to(device=x0.device, dtype=x0.dtype)
-
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         """`val/loss` at fixed t and noise; for the first `val_max_images` images also samples and metrics."""
         hint01, target01 = batch["hint"].float(), batch["target"].float()
@@ -264,10 +258,10 @@ class DequantModule(L.LightningModule):
         ids = batch.get("image_id")
         ids = torch.arange(self._val_count, self._val_count + b) if ids is None else ids.detach().cpu().long()
         hint, x0 = to_model_range(hint01), to_model_range(target01)
-        t, noise = self._fixed_noise(x0, ids)
+        # Per-image randomness from (val_seed, image id): the same every validation, on any device.
+        gens = image_generators(self.hparams.val_seed, ids, "cpu")
         with self.ema_weights():
-            pred = self.net(self.noise_scheduler.add_noise(x0, noise, t), t, hint)
-            loss = F.mse_loss(pred.float(), self._targets(x0, noise, t).float())
+            loss = self.formulation.validation_loss(self.net, x0, hint, self.noise_scheduler, gens)
             self.log("val/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
             n = min(b, self.hparams.val_max_images - self._val_count)
             if n <= 0:
@@ -279,8 +273,11 @@ class DequantModule(L.LightningModule):
         values = {
             "l1": M.l1(output, target),
             "psnr": M.psnr(output, target),
+            # The model's own color input as a reference: is the model better than what it was given?
+            "psnr_input": M.psnr(hint01[:n, 0:3].cpu(), target),
             "ssim": M.ssim(output, target),
             "texture_corr": M.texture_fidelity(output, target),
+            "speckle": M.speckle(output, target),
         }
         patch = batch.get("patch")
         palette_rows = [i for i in range(n) if patch is None or not bool(patch[i])]
@@ -319,15 +316,12 @@ class DequantModule(L.LightningModule):
     # ---------------------------------------------------------------------------------------------- sampling
     def _sample_model_range(self, hint: Tensor, spec: SamplerSpec, seed: int, image_ids: Tensor) -> Tensor:
         """Sample `(B,3,H,W)` in [-1, 1] for a model-range hint with the net's current weights, in eval mode."""
-        scheduler = make_scheduler(spec, self.noise_scheduler.config, device=hint.device)
         generators = image_generators(seed, image_ids, hint.device)
         was_training = self.net.training
         self.net.eval()
         try:
-            return sample_loop(
-                self.net, hint, scheduler, generators=generators, start_step=spec.start_step,
-                guidance=spec.guidance, null_hint=self._null_hint(hint), eta=spec.eta,
-            )
+            return self.formulation.sample(self.net, hint, spec, self.noise_scheduler, generators,
+                                           null_hint=self._null_hint(hint))
         finally:
             self.net.train(was_training)
 
@@ -357,6 +351,7 @@ class DequantModule(L.LightningModule):
         overrides = {k: v for k, v in given if v is not None}
         if overrides:
             spec = dataclasses.replace(spec, **overrides)
+        self.formulation.check_sampler(spec)
         b = hint.shape[0]
         ids = torch.arange(b) if image_ids is None else torch.as_tensor(image_ids).long().cpu()
         if ids.shape != (b,):

@@ -110,6 +110,11 @@ class ConcatUNet(nn.Module):
         """The parameters the optimizer and the EMA update: the whole UNet."""
         return self.unet
 
+    def zero_output(self) -> None:
+        """Zero the last conv, so the net outputs 0 until trained (residual and bridge formulations)."""
+        nn.init.zeros_(self.unet.conv_out.weight)
+        nn.init.zeros_(self.unet.conv_out.bias)
+
     def hydra_config(self) -> dict:
         """A Hydra node that rebuilds this net (used when no run config came with the module)."""
         return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", **self._init_kwargs}

@@ -20,9 +20,12 @@ from torch import Tensor
 
 from dequant.color._checks import check_choice
 
-SAMPLERS = ("ddpm_super27", "ddpm", "ddim", "dpmsolver")
+DIFFUSION_SAMPLERS = ("ddpm_super27", "ddpm", "ddim", "dpmsolver")
+# `predictor`: a residual model's predictor alone (one evaluation); `bridge`: a bridge model's walk from the color
+# input (models/formulations.py says which formulation takes which).
+SAMPLERS = (*DIFFUSION_SAMPLERS, "predictor", "bridge")
 # Step counts when a sampler is named without one (as in conf/sampler/).
-DEFAULT_STEPS = {"ddpm_super27": 27, "ddpm": 50, "ddim": 50, "dpmsolver": 20}
+DEFAULT_STEPS = {"ddpm_super27": 27, "ddpm": 50, "ddim": 50, "dpmsolver": 20, "predictor": 1, "bridge": 4}
 _SEED_STRIDE = 1_000_003
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -46,6 +49,8 @@ class SamplerSpec:
         self.eta = float(self.eta)
         if self.name == "ddpm_super27" and self.steps != len(_SUPER27):
             raise ValueError(f"steps must be {len(_SUPER27)} for the ddpm_super27 sampler, got {self.steps}")
+        if self.name == "predictor" and self.steps != 1:
+            raise ValueError(f"steps must be 1 for the predictor sampler (one network evaluation), got {self.steps}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not 0 <= self.start_step < self.steps:
@@ -91,6 +96,8 @@ def _train_config(train_config: Mapping | DDPMScheduler) -> dict:
 def make_scheduler(spec: SamplerSpec, train_config: Mapping | DDPMScheduler, device: torch.device | str | None = None):
     """A diffusers scheduler for `spec`, built from the training scheduler's config, with its timesteps set."""
     spec = as_sampler_spec(spec)
+    if spec.name not in DIFFUSION_SAMPLERS:
+        raise ValueError(f"sampler {spec.name!r} has no diffusers scheduler; choices: {list(DIFFUSION_SAMPLERS)}")
     cfg = _train_config(train_config)
     # "trailing" spacing makes every sampler start at t = T - 1, where training put (almost) pure noise.
     if spec.name == "ddpm_super27":
@@ -129,6 +136,11 @@ def image_generators(
     return gens
 
 
+def randn_like_per_image(x: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
+    """Standard normal noise shaped like `x (B,...)`, image i drawn from generators[i]."""
+    return randn_tensor(tuple(x.shape), generator=list(generators), device=x.device, dtype=x.dtype)
+
+
 def _step_kwargs(scheduler, generators: list[torch.Generator], eta: float) -> dict:
     """Pass per-image generators (and eta) to the schedulers whose step accepts them."""
     params = inspect.signature(scheduler.step).parameters
@@ -152,11 +164,13 @@ def sample_loop(
     guidance: float = 1.0,
     null_hint: Tensor | None = None,
     eta: float = 0.0,
+    clip: bool = True,
 ) -> Tensor:
     """Run the reverse process for `hint (B,7,H,W)` in [-1, 1]; returns `(B,3,H,W)` clipped to [-1, 1].
 
     `start_step > 0` starts from `color_model_range` (default: the hint's color channels) noised to the first
-    remaining timestep; `guidance != 1` mixes conditional and null-hint predictions, u + g (c - u).
+    remaining timestep; `guidance != 1` mixes conditional and null-hint predictions, u + g (c - u). `clip=False`
+    leaves the result unclipped (a residual is not an image).
     """
     if hint_model_range.ndim != 4:
         raise ValueError(f"hint_model_range must have shape (B, C, H, W), got {tuple(hint_model_range.shape)}")
@@ -198,4 +212,4 @@ def sample_loop(
             cond, uncond = out.chunk(2, dim=0)
             out = uncond + guidance * (cond - uncond)
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
-    return x.clamp(-1.0, 1.0)
+    return x.clamp(-1.0, 1.0) if clip else x
