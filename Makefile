@@ -23,21 +23,24 @@ test: install
 test-fast: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
 
+# Photos no demo run trains on: the 10 held-out package photos and the shipped split's validation and test photos.
+HELD_OUT := [$${dq.assets:heldout_photos},$${dq.assets:images}/coffee.jpg,$${dq.assets:images}/flower.jpg,$${dq.assets:images}/china.jpg]
+
 # Train the small model on the shipped photos (resumes if interrupted), evaluate it on the held-out photos
-# (all five tests, 10-step DPM-Solver++ to keep it short), write pictures to outputs/demo/.
+# (all five tests, with the checkpoint's own sampler), write pictures to outputs/demo/.
 demo: install
 	$(BIN)/python train.py experiment=demo hydra.run.dir=$(DEMO_DIR)/train ckpt_path=last
 	$(BIN)/python evaluate.py ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt tests=rhtpm \
-		sampler=dpmsolver sampler.steps=10 hydra.run.dir=$(DEMO_DIR)/evaluate
+		'data.paths=$(HELD_OUT)' hydra.run.dir=$(DEMO_DIR)/evaluate
 	$(BIN)/python -m dequant.demo --run $(DEMO_DIR)/train --out $(DEMO_DIR)
 
-# A real ablation on the CPU (~10 min): the four texture cues (T, G, L, none), each a tiny UNet trained 1000 steps on
-# the shipped photos and evaluated on the reconstruction test; prints the sweep report (multirun/<date>/cue_modes_*).
+# A real ablation on the CPU (~20 min): the four texture cues (T, G, L, none), each the demo's recipe (bridge
+# formulation, small_conv) trained 300 steps and evaluated on the reconstruction test on the held-out photos; prints
+# the sweep report, per N beside the quantized input (multirun/<date>/cue_modes_*).
 sweep-demo: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m dequant.sweep -m --config-dir sweeps --config-name cue_modes experiment=tiny \
-		trainer.max_steps=1000 trainer.val_check_interval=1000 callbacks.model_checkpoint.every_n_train_steps=500 \
-		data.batch_size=8 data.n_test=2 module.lr=1e-3 module.warmup_steps=50 module.ema_decay=0.995 \
-		module.prediction_type=v_prediction sampler=ddim sampler.steps=20 sweep.evaluate_overrides.tests=r
+	$(BIN)/python -m dequant.sweep -m --config-dir sweeps --config-name cue_modes experiment=demo \
+		trainer.max_steps=300 trainer.val_check_interval=300 callbacks.model_checkpoint.every_n_train_steps=300 \
+		'+sweep.evaluate_overrides.data.paths=$${dq.assets:heldout_photos}'
 
 bench: install
 	$(BIN)/python experiments/bench_color.py

@@ -6,7 +6,7 @@ this samples the r test with the checkpoint's own sampler on held-out photos and
 PSNR / SSIM / speckle beside the input's.
 
     python experiments/learning_curve.py RUN_DIR [--images 'src/dequant/assets/heldout_photos/*.jpg'] [--size 64]
-        [-o RUN_DIR/learning_curve.md]
+        [--sampler predictor|bridge|ddim|... --steps K] [--every k] [-o RUN_DIR/learning_curve.md]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dequant.export import read_dequant_config
 from dequant.metrics import compute_metrics
 from dequant.models.formulations import describe
 from dequant.models.module import load_model
+from dequant.models.sampling import DEFAULT_STEPS, SamplerSpec
 
 METRICS = ("psnr", "ssim", "speckle")
 
@@ -43,9 +44,10 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def r_rows(ckpt: Path, images: torch.Tensor, seed: int = 0) -> list[dict]:
+def r_rows(ckpt: Path, images: torch.Tensor, seed: int = 0, sampler: SamplerSpec | None = None) -> list[dict]:
     """One row per (N, texture) with the model's and the input's mean metrics, and the sampling cost."""
     module = load_model(ckpt)
+    spec = module.sampler_spec if sampler is None else sampler
     dq = read_dequant_config(ckpt)
     cue, quantizer = checkpoint_cue(dq), build_quantizer(None, dq)
     ids = list(range(images.shape[0]))
@@ -56,7 +58,7 @@ def r_rows(ckpt: Path, images: torch.Tensor, seed: int = 0) -> list[dict]:
         given = compute_metrics(case.requested, case.target, source=case.source)
         for keep in (True, False):
             start = time.perf_counter()
-            out = module.sample(case.hints[keep], seed=seed, image_ids=ids).float().clamp(0, 1)
+            out = module.sample(case.hints[keep], sampler=spec, seed=seed, image_ids=ids).float().clamp(0, 1)
             ms = 1000 * (time.perf_counter() - start) / len(ids)
             got = compute_metrics(out, case.target, source=case.source)
             row = {"N": setting.n_colors, "texture": "given" if keep else "dropped", "ms_per_image": ms}
@@ -64,7 +66,7 @@ def r_rows(ckpt: Path, images: torch.Tensor, seed: int = 0) -> list[dict]:
                 row[m] = float(got[m].mean())
                 row[f"{m}_input"] = float(given[m].mean())
             rows.append(row)
-    rows.append(describe(module.formulation, module.sampler_spec))
+    rows.append(describe(module.formulation, spec))
     return rows
 
 
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", default=str(Path(assets_path("heldout_photos")) / "*.jpg"))
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--every", type=int, default=1, help="use every k-th checkpoint (default 1)")
+    parser.add_argument("--sampler", default=None, help="sampler name (default: each checkpoint's own)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the sampler's)")
     parser.add_argument("-o", "--output", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -98,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files = list_images(args.images)
     images = load_images(files, args.size)
+    spec = None
+    if args.sampler:
+        spec = SamplerSpec(name=args.sampler, steps=args.steps or DEFAULT_STEPS[args.sampler])
     curve = []
     for step, path in found[:: args.every]:
-        curve.append((step, r_rows(path, images)))
+        curve.append((step, r_rows(path, images, sampler=spec)))
         print(f"step {step}: done", file=sys.stderr, flush=True)
     cost = curve[-1][1][-1]
     text = (f"Learning curve of {args.run_dir} on {len(files)} held-out photos at {args.size} px "

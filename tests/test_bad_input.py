@@ -2,8 +2,8 @@
 
 One parametrized test per case; each parameter is an entry point and asserts the exact kind of error (type and a
 message fragment naming the input) or the documented recovery. Cases that other test files already assert the same
-way are not repeated here (the README table names the test that backs them). Every row of
-docs/BAD_INPUT_README_SECTION.md is backed by a parameter below or by that named test.
+way are not repeated here (the table in docs/robustness.md names the test that backs them). Every row of
+that table ("Bad input") is backed by a parameter below or by that named test.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tile", type=_positive, default=None, metavar="PX",
                        help=f"--resolution native: tile side, a multiple of the UNet's downsampling factor; photos "
                             f"of at most PX x PX pixels run in one pass, larger ones in PX x PX tiles overlapping by "
-                            f"PX/4 (default {TILE_CROPS}x the training crop size)")
+                            f"at least PX/4 (default {TILE_CROPS}x the training crop size)")
         p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
         p.add_argument("-o", "--output", required=True, metavar="OUT", help="output image (png, jpg, ...)")
         p.add_argument("--post-L", dest="post_l", action="store_true",
@@ -255,6 +255,14 @@ def processing_size(height: int, width: int, short: int, multiple: int) -> tuple
     return snap(height * scale), snap(width * scale)
 
 
+def native_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """The photo's own size, or, when its long side exceeds `max_side`, shrunk to it (aspect ratio kept)."""
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return height, width
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
 def downsampling_factor(module: Any) -> int:
     """2 ** (levels - 1) of the model's UNet: the sides the UNet needs to be divisible by."""
     unet = getattr(module.net, "unet", None)
@@ -366,8 +374,48 @@ class _Model:
                              f"(pass --cue {self.cue.mode} or leave --cue out)")
 
     def size_for(self, height: int, width: int) -> tuple[int, int]:
-        """The processing size of a photo (see RESOLUTION_NOTE)."""
+        """The processing size of a photo at `--resolution train` (see RESOLUTION_NOTE)."""
         return processing_size(height, width, self.crop, self.factor)
+
+    def default_tile(self) -> int:
+        """`--tile`'s default: TILE_CROPS training crops, rounded up to the UNet's downsampling factor."""
+        from dequant.render import round_up
+
+        return round_up(TILE_CROPS * self.crop, self.factor)
+
+    def check_resolution(self, args: argparse.Namespace) -> None:
+        """`--max-side` and `--tile` belong to `--resolution native`; `--tile` must suit the UNet."""
+        if args.resolution != "native":
+            given = [name for name, v in (("--max-side", args.max_side), ("--tile", args.tile)) if v is not None]
+            if given:
+                raise ValueError(f"{' and '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to "
+                                 f"--resolution native, got --resolution {args.resolution}")
+            return
+        if args.tile is not None and args.tile % self.factor:
+            raise ValueError(f"--tile {args.tile}: must be a multiple of the model's downsampling factor "
+                             f"{self.factor}")
+
+    def working_size(self, args: argparse.Namespace, height: int, width: int) -> tuple[int, int]:
+        """The size the model works at for a photo of `height` x `width` under `--resolution`."""
+        if args.resolution == "train":
+            return self.size_for(height, width)
+        return native_size(height, width, args.max_side or DEFAULT_MAX_SIDE)
+
+    def render(self, h: Tensor, spec: Any, args: argparse.Namespace) -> Tensor:
+        """One output `(3, H, W)` for one hint `(7, H, W)`: at `--resolution native` at the hint's own size (tiled
+        when it has more than `--tile`**2 pixels), else (the hint is already at the training size) in one pass."""
+        if args.resolution == "train":
+            return self.sample(h, spec, args.seed)
+        from dequant.render import render_tiled
+
+        tile = args.tile or self.default_tile()
+
+        def sample_fn(hints: Tensor, ids: Sequence[int]) -> Tensor:
+            return self.module.sample(hints, sampler=spec, seed=args.seed, image_ids=list(ids)).float().cpu()
+
+        out = render_tiled(sample_fn, h.float(), tile=tile, overlap=tile // 4, max_pixels=tile * tile,
+                           multiple=self.factor)
+        return out.clamp(0, 1)
 
     def sampler_spec(self, args: argparse.Namespace) -> Any:
         """The sampler to use: the checkpoint's, with what `--sampler`, `--steps`, `--start-step` and `--guidance`
@@ -446,7 +494,8 @@ def run_transfer(args: argparse.Namespace) -> dict[Path, Tensor]:
     model = _Model(args.ckpt, args.device)
     model.check_cue(args.cue)
     spec = model.sampler_spec(args)
-    size = model.size_for(*photo.shape[-2:])
+    model.check_resolution(args)
+    size = model.working_size(args, *photo.shape[-2:])
     x = resize(photo, *size)
     q = model.quantizer(x, n)
     target, target_fractions = _target_palette(args, n, model.quantizer, size, other)
@@ -459,7 +508,7 @@ def run_transfer(args: argparse.Namespace) -> dict[Path, Tensor]:
     moved = transfer(q, target, mapping)
     h = hint(moved.image.float(), model.cue(x), mode="palette", n_colors=n, keep_texture=True,
              cue_mode=model.cue.mode, g_neutral=model.cue.g_neutral)
-    result = model.sample(h, spec, args.seed)
+    result = model.render(h, spec, args)
     full = resize(result, *photo.shape[-2:])
     if args.post_l:
         full = post_l(full, photo)
@@ -503,7 +552,8 @@ def run_recolor(args: argparse.Namespace) -> dict[Path, Tensor]:
     model = _Model(args.ckpt, args.device)
     model.check_cue(args.cue)
     spec = model.sampler_spec(args)
-    size = model.size_for(height, width)
+    model.check_resolution(args)
+    size = model.working_size(args, height, width)
     x = resize(photo, *size)
     if full_mask is not None:
         small = cv2.resize(full_mask.float().numpy(), (size[1], size[0]), interpolation=cv2.INTER_AREA)
@@ -518,7 +568,7 @@ def run_recolor(args: argparse.Namespace) -> dict[Path, Tensor]:
     filled = fill_mask(x, mask, color[0])
     h = hint(filled, model.cue(x), mode="patch", mask=mask, keep_texture=bool(args.keep_texture),
              cue_mode=model.cue.mode, g_neutral=model.cue.g_neutral)
-    result = model.sample(h, spec, args.seed)
+    result = model.render(h, spec, args)
     full = resize(result, height, width)
     if full_mask is None:
         full_mask = torch.from_numpy(cv2.resize(mask.numpy().astype(np.uint8), (width, height),

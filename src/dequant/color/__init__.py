@@ -17,6 +17,6 @@ __all__ = [
     "COLOR", "COLOR_IND", "CUE", "CUE_MODES", "HINT_CHANNELS", "SCORES", "SEGMENTERS", "TEX_IND", "HSVShift",
     "Quantized", "Quantizer", "TextureCue", "apply_hsv_shift", "colormap_palette", "fill_mask", "hint", "hsv_edit",
     "hsv_params", "hsv_to_rgb", "lab_to_rgb", "mask_from_point", "match_palettes", "neutral_value",
-    "palette_from_hex", "patch_mask", "post_l", "quantize", "rgb_to_gray255", "rgb_to_hsv", "rgb_to_lab", "score_matrix",
-    "segment", "split_hint", "texture_cue", "transfer",
+    "palette_from_hex", "patch_mask", "post_l", "quantize", "rgb_to_gray255", "rgb_to_hsv", "rgb_to_lab",
+    "score_matrix", "segment", "split_hint", "texture_cue", "transfer",
 ]

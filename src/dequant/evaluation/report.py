@@ -249,8 +249,8 @@ def markdown(aggregated: Sequence[Mapping[str, Any]], title: str = "Evaluation",
     blocks = _blocks(aggregated)
     parts = [f"# {title}", ""]
     parts += [*notes, ""] if notes else []
-    parts += ["Mean ± standard error over images; ↑ higher is better, ↓ lower is better, →1 best at 1; **bold**: "
-              "best method in the row or block. `model, texture given` is the `<letter>_tex` test, `model, texture "
+    parts += ["Mean ± standard error over images; ↑ higher is better, ↓ lower is better, →1 best at 1; "
+              "**bold**: best method in the row or block. `model, texture given` is the `<letter>_tex` test, `model, texture "
               "dropped` the `<letter>` test; `model+post_L` is the same samples with their CIELab L replaced by the "
               "source's; baselines are computed once per setting (they see no texture cue), `input` is the "
               "quantized (requested) image itself.", "",

@@ -173,7 +173,7 @@ class ResidualFormulation(Formulation):
     name = "residual"
     samplers = ("predictor", *DIFFUSION_SAMPLERS)
 
-    def __init__(self, predictor_loss: str = "l2", refiner_weight: float = 1.0, residual_scale: float = 0.5,
+    def __init__(self, predictor_loss: str = "log_l2", refiner_weight: float = 1.0, residual_scale: float = 0.5,
                  zero_init: bool = True) -> None:
         check_choice(predictor_loss, REGRESSION_LOSSES, "predictor_loss")
         if refiner_weight < 0:
@@ -212,7 +212,8 @@ class ResidualFormulation(Formulation):
             # The refiner learns what the predictor misses; it does not push the predictor around.
             r = (x0 - g.detach()) / self.residual_scale
             pred = net(scheduler.add_noise(r, noise, t), t, hint)
-            loss = loss + self.refiner_weight * F.mse_loss(pred.float(), diffusion_targets(scheduler, r, noise, t).float())
+            target = diffusion_targets(scheduler, r, noise, t)
+            loss = loss + self.refiner_weight * F.mse_loss(pred.float(), target.float())
         return loss
 
     def training_loss(self, net, x0, hint, scheduler, generator):
@@ -248,7 +249,8 @@ class BridgeFormulation(Formulation):
     name = "bridge"
     samplers = ("bridge",)
 
-    def __init__(self, sigma: float = 0.1, loss: str = "l2", p_endpoint: float = 0.25, zero_init: bool = True) -> None:
+    def __init__(self, sigma: float = 0.1, loss: str = "log_l2", p_endpoint: float = 0.5,
+                 zero_init: bool = True) -> None:
         check_choice(loss, REGRESSION_LOSSES, "loss")
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")

@@ -1,0 +1,61 @@
+"""The measuring scripts behind experiments/results: they run on a tiny checkpoint and print what they promise."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    """Import experiments/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def run_with_steps(tiny_ckpt: Path, tmp_path: Path) -> Path:
+    """A run folder holding the tiny checkpoint as step 2 and step 4."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for step in (2, 4):
+        shutil.copy(tiny_ckpt, tmp_path / "run" / "checkpoints" / f"step{step:07d}.ckpt")
+    return tmp_path / "run"
+
+
+def test_learning_curve_has_a_row_per_step_setting_and_texture(run_with_steps, tiny_photos, tmp_path, capsys):
+    lc = _script("learning_curve")
+    out = tmp_path / "curve.md"
+    images = str(tiny_photos[0].parent / "*")
+    assert lc.main([str(run_with_steps), "--images", images, "--size", "32", "-o", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| 2 |") or line.startswith("| 4 |")]
+    assert len(rows) == 2 * 3 * 2  # steps x N x texture
+    # The input's PSNR is the same at every step; the gain column is model - input.
+    first = rows[0].split("|")
+    assert abs(float(first[4]) - float(first[5]) - float(first[6])) < 0.011
+    assert lc.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_bench_sampling_counts_network_evaluations(capsys):
+    bench = _script("bench_sampling")
+    assert bench.main(["--model", "tiny", "--size", "16", "--batch", "1", "--repeats", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "| bridge | bridge | 1 | 1 |" in table and "| residual | ddim | 3 | 4 |" in table
+    assert "| noise | ddpm_super27 | 27 | 27 |" in table
+
+
+def test_bench_render_size_compares_native_with_upscaled(tiny_ckpt, tiny_photos, tmp_path):
+    bench = _script("bench_render_size")
+    out = tmp_path / "render.md"
+    images = str(tiny_photos[0].parent / "*")
+    assert bench.main([str(tiny_ckpt), "--images", images, "--scales", "1,2", "--colors", "4", "--max-images", "2",
+                       "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "native" in text and "train+bicubic" in text and "input" in text
