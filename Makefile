@@ -31,7 +31,7 @@ HELD_OUT := [$${dq.assets:heldout_photos},$${dq.assets:images}/coffee.jpg,$${dq.
 demo: install
 	$(BIN)/python train.py experiment=demo hydra.run.dir=$(DEMO_DIR)/train ckpt_path=last
 	$(BIN)/python evaluate.py ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt tests=rhtpm \
-		'data.paths=$(HELD_OUT)' hydra.run.dir=$(DEMO_DIR)/evaluate
+		'data.paths=$(HELD_OUT)' data.image_size=64 hydra.run.dir=$(DEMO_DIR)/evaluate
 	$(BIN)/python -m dequant.demo --run $(DEMO_DIR)/train --out $(DEMO_DIR)
 
 # A real ablation on the CPU (~20 min): the four texture cues (T, G, L, none), each the demo's recipe (bridge

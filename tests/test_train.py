@@ -140,3 +140,12 @@ def test_wandb_offline_resume_continues_the_same_run(tmp_path: Path) -> None:
     assert result["global_step"] == 3
     assert wandb_lib.run is not None and wandb_lib.run.id == run_id
     wandb_lib.finish()
+
+
+def test_last_checkpoint_holds_the_final_step_between_periodic_saves(tmp_path: Path) -> None:
+    # max_steps 3 with saves every 2 steps (and, alike, a stop by trainer.max_time): last.ckpt must be step 3.
+    result = train(fast(tmp_path, "trainer.max_steps=3", "callbacks.model_checkpoint.every_n_train_steps=2"))
+    assert result["global_step"] == 3
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 3
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step*.ckpt")) == ["step0000002.ckpt"]

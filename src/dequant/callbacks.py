@@ -225,6 +225,12 @@ class StepCheckpoint(ModelCheckpoint):
         super().__init__(**kwargs)
         self.checkpoints_total_limit = checkpoints_total_limit
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write `last.ckpt` when training stopped between periodic saves (`trainer.max_time`, a max_steps that is
+        not a multiple of `every_n_train_steps`), so the last steps are never lost."""
+        if self.save_last and trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         if self.checkpoints_total_limit is not None and not Path(filepath).name.startswith(self.CHECKPOINT_NAME_LAST):
