@@ -14,11 +14,15 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from diffusers.pipelines.deepfloyd_if.timesteps import super27_timesteps as _SUPER27
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from dequant.color._checks import check_choice
+
+# DeepFloyd IF's "super27" respacing (diffusers/pipelines/deepfloyd_if/timesteps.py), kept here because that module
+# is a pipeline internal that diffusers may move or drop between releases.
+_SUPER27 = (999, 991, 982, 974, 966, 958, 950, 941, 933, 925, 916, 908, 900, 899, 874, 850, 825, 800, 799, 700, 600,
+            500, 400, 300, 200, 100, 0)
 
 DIFFUSION_SAMPLERS = ("ddpm_super27", "ddpm", "ddim", "dpmsolver")
 # `predictor`: a residual model's predictor alone (one evaluation); `bridge`: a bridge model's walk from the color
