@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import signal
 import tempfile
@@ -124,6 +125,23 @@ def remove_partial_checkpoints(folder: str | os.PathLike) -> list[Path]:
 # ------------------------------------------------------------------------------------------------ reading
 
 
+def load_checkpoint_data(path: str | os.PathLike) -> Any:
+    """torch.load with `weights_only=True`: tensors and plain data only, so a file whose pickle carries code is
+    refused before any of it runs (a checkpoint is data, never code)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def one_line_error(err: BaseException) -> str:
+    """`Type: message` on one line; an UnpicklingError from weights_only loading says what was refused."""
+    if isinstance(err, pickle.UnpicklingError):
+        lines = str(err).strip().splitlines()
+        what = next((ln.strip() for ln in lines if "Unsupported" in ln or "GLOBAL" in ln), lines[0] if lines else "")
+        return ("refused unrun: it holds pickled objects other than tensors and plain data (loaded with "
+                f"weights_only=True; {what[:200]})")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}"
+
+
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """Why `path` cannot resume training (missing, empty, truncated, corrupt, weights-only), or None if it can."""
     path = Path(path)
@@ -140,9 +158,9 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     if bad_member is not None:
         return f"corrupt (checksum mismatch in {bad_member})"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = load_checkpoint_data(path)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        return f"unreadable ({type(err).__name__}: {err})"
+        return f"unreadable ({one_line_error(err)})"
     if not isinstance(ckpt, dict):
         return f"not a Lightning checkpoint (holds a {type(ckpt).__name__})"
     missing = [k for k in RESUME_KEYS if k not in ckpt]
@@ -159,7 +177,7 @@ def checkpoint_step(path: str | os.PathLike) -> int | None:
 
 def _saved_step(path: Path) -> int | None:
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+        return int(load_checkpoint_data(path)["global_step"])
     except Exception:  # noqa: BLE001 - checked by checkpoint_problem already
         return None
 

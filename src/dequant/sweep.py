@@ -38,6 +38,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dequant.config import conf_dir
+from dequant.runlock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +301,16 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     options = sweep_options(cfg)
     run_dir = Path(str(cfg.paths.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
+    # One run per folder: a job whose folder a live run holds refuses before it writes its record.
+    lock = RunLock(run_dir).acquire() if _rank() == 0 else None
+    try:
+        return _run_job(cfg, options, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_job(cfg: DictConfig, options: SweepOptions, run_dir: Path) -> dict[str, Any]:
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     swept = swept_overrides(hydra_cfg) if hydra_cfg is not None else {}
     record: dict[str, Any] = {

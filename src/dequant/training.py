@@ -11,6 +11,8 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import CSVLogger
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -20,12 +22,15 @@ from dequant.callbacks import (
     AtomicCheckpointIO,
     PreemptionCheckpoint,
     checkpoint_problem,
+    load_checkpoint_data,
+    one_line_error,
     remove_partial_checkpoints,
     resumable_checkpoint,
 )
 from dequant.config import to_container
 from dequant.data.datamodule import DequantDataModule
 from dequant.data.io import writable_folder
+from dequant.runlock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +89,9 @@ def _checkpoint_dir(cfg: DictConfig, run_dir: Path) -> Path:
 def check_checkpoint_matches(ckpt: str, cfg: dict[str, Any]) -> None:
     """Fail clearly when a checkpoint was trained with another architecture than the one configured now."""
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+        state = load_checkpoint_data(ckpt)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise ValueError(f"ckpt_path: {ckpt} is not a readable checkpoint ({type(err).__name__}: {err})") from err
+        raise ValueError(f"ckpt_path: {ckpt} is not a readable checkpoint ({one_line_error(err)})") from err
     saved = (state.get("dequant_config") or {}).get("module", {}).get("net")
     if saved is None:
         raise ValueError(f"ckpt_path: {ckpt} carries no dequant config: was it written by dequant?")
@@ -94,6 +99,31 @@ def check_checkpoint_matches(ckpt: str, cfg: dict[str, Any]) -> None:
     if diffs:
         raise ValueError(f"ckpt_path: {ckpt} was trained with another model config; differing keys: "
                          + "; ".join(diffs))
+
+
+def trainer_plugins(plugins: list[Any]) -> list[Any]:
+    """The configured trainer plugins plus the two every run needs, unless the config brings its own of that kind.
+
+    `AtomicCheckpointIO` writes every checkpoint atomically. On SLURM, `SLURMEnvironment(auto_requeue=False)`: the
+    project's preemption callback is the only owner of SIGUSR1/SIGTERM (Lightning's auto-requeue would save an
+    `hpc_ckpt` inside the signal handler, mid-step, and call `scontrol requeue` itself, racing with the callback and
+    with submitit's requeue).
+    """
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
+def refuse_hpc_checkpoints(root_dir: Path) -> None:
+    """Fail when the run's root folder holds Lightning `hpc_ckpt_*.ckpt` files: on SLURM Lightning would resume from
+    them unasked when `ckpt_path` is null; in this project `ckpt_path=last` is the only way a run resumes."""
+    found = sorted(root_dir.glob("hpc_ckpt_*.ckpt")) if root_dir.is_dir() else []
+    if found:
+        raise ValueError(f"paths.run_dir: {root_dir} holds Lightning auto-requeue checkpoints ({found[0].name}, ...) "
+                         "that Lightning would resume from unasked; resume with ckpt_path=last, or move them away")
 
 
 def _loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
@@ -147,8 +177,21 @@ def _callbacks(cfg: DictConfig, has_logger: bool) -> list[Any]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job from a composed config; returns the paths and final metrics of the run."""
+    """Run one training job from a composed config; returns the paths and final metrics of the run.
+
+    Rank 0 holds the run folder's lock (`dequant.runlock`) from before anything is written until the end: a second
+    run in the same folder refuses at startup."""
     run_dir = writable_folder(str(cfg.paths.run_dir), "paths.run_dir")
+    # Other ranks (DDP children, SLURM tasks > 0) work in the folder that rank 0 holds.
+    lock = RunLock(run_dir).acquire() if rank_zero_only.rank == 0 else None
+    try:
+        return _train(cfg, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resolved = to_container(cfg)
     L.seed_everything(cfg.seed, workers=True)
     OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
@@ -163,6 +206,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt = resolve_checkpoint(cfg.get("ckpt_path"), run_dir, ckpt_dir)
     if ckpt is not None:
         check_checkpoint_matches(ckpt, resolved)
+    else:
+        refuse_hpc_checkpoints(Path(str(cfg.trainer.get("default_root_dir") or run_dir)))
 
     # `config` is also instantiate()'s own first parameter, hence the partial.
     module = instantiate(cfg.module, _partial_=True)(config=resolved)
@@ -170,9 +215,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt is not None:
         _keep_earlier_csv_metrics(loggers)
     callbacks = _callbacks(cfg, has_logger=bool(loggers))
-    # Every checkpoint is written atomically (temporary file + rename) unless the trainer config brings its own IO.
-    extra = {} if "plugins" in cfg.trainer else {"plugins": [AtomicCheckpointIO()]}
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **extra)
+    plugins = trainer_plugins(instantiate(cfg.trainer.get("plugins")) or [])
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins)
     if trainer.is_global_zero:
         _remember_wandb_id(loggers, run_dir)
     with warnings.catch_warnings():
@@ -183,7 +227,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         except BaseException:
             _finish_wandb(loggers, exit_code=1)
             raise

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,9 +49,16 @@ def _check_int(value: object, name: str, minimum: int) -> int:
     return int(value)
 
 
+# SLURM signals every process of a job step; the main process owns preemption (callbacks.PreemptionCheckpoint) and
+# shuts its workers down itself, so a worker must neither die of these signals nor act on them.
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 def _worker_init(_worker_id: int) -> None:
     # DataLoader already limits torch to one thread per worker; OpenCV would otherwise start one per core each.
     cv2.setNumThreads(1)
+    for sig in PREEMPTION_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class _ImageSource:
