@@ -48,7 +48,7 @@ COMMON = (
     "trainer.val_check_interval=6", "data.samples_per_epoch=10", "data.batch_size=2", "trainer.deterministic=true",
     "callbacks.model_checkpoint.every_n_train_steps=1",
     f"callbacks.model_checkpoint.checkpoints_total_limit={LIMIT}", "logger=none", "~callbacks.lr_monitor",
-    "~callbacks.rich_progress_bar", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
+    "~callbacks.progress_bar", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
     "+callbacks.batch_log._target_=dequant.callbacks.BatchLog",
 )
 
@@ -115,12 +115,19 @@ def stopped_at_6(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ----------------------------------------------------------------------------- kill / preempt a real train.py
 
 
-def _launch(run_dir: Path, log_path: Path, *overrides: str) -> subprocess.Popen:
+# What Lightning's SLURMEnvironment reads: a one-task job step, as `srun` would set it up.
+FAKE_SLURM = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "4242",
+              "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NNODES": "1",
+              "SLURM_NODELIST": "localhost"}
+
+
+def _launch(run_dir: Path, log_path: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """train.py in its own process group (so a signal can go to the group, as SLURM sends it to a job step)."""
     cmd = [sys.executable, "train.py", *COMMON, f"hydra.run.dir={run_dir}",
            f"+callbacks.batch_log.path={run_dir / 'batches.jsonl'}", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("w") as log:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, log_path: Path, timeout: float = 240.0) -> None:
@@ -169,14 +176,19 @@ def test_sigkill_at_a_random_step_then_resume_matches_the_uninterrupted_run(refe
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
 def test_preemption_signal_saves_last_and_exits_cleanly_then_resumes(sig: str, reference: Path,
                                                                      tmp_path: Path) -> None:
+    """As on a cluster: the signal goes to the whole process group (train.py and its 2 data workers) under SLURM's
+    environment variables; the project's callback alone handles it, once, after the step (no Lightning
+    auto-requeue, no hpc_ckpt), the workers survive it, and ckpt_path=last resumes exactly."""
     run, log = tmp_path / "run", tmp_path / "train.log"
     step = _kill_step(sig)
-    proc = _launch(run, log)
+    proc = _launch(run, log, "data.num_workers=2", "data.persistent_workers=true", env=FAKE_SLURM)
     _wait_for(run / "checkpoints" / f"step{step:07d}.ckpt", proc, log)
-    proc.send_signal(getattr(signal, sig))
+    os.killpg(proc.pid, getattr(signal, sig))
     assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
     text = log.read_text()
-    assert f"received {sig}: saved" in text and "resume with ckpt_path=last" in text
+    assert text.count(f"received {sig}: saved") == 1 and "resume with ckpt_path=last" in text, text[-3000:]
+    assert "auto-requeue" not in text and "killed by signal" not in text, text[-3000:]
+    assert not list(run.rglob("hpc_ckpt*")) and not (run / ".dequant.lock").exists()
     stopped_at = _ckpt(run / "checkpoints" / "last.ckpt")["global_step"]
     assert step < stopped_at < MAX_STEPS  # stopped early, after the step that was running when the signal came
 

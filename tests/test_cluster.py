@@ -1,0 +1,219 @@
+"""What the README promises on a cluster: one run per folder (a lock), checkpoints are data (weights_only loads,
+code-carrying files refused unrun by every entry point), and preemption owned by the project's callback alone
+(Lightning's SLURM auto-requeue off, atomic checkpoint writes whatever plugins are configured, no hpc_ckpt resume).
+
+The signal tests on a real train.py with data workers under a faked SLURM environment are in test_faults.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from dequant.callbacks import AtomicCheckpointIO, checkpoint_problem
+from dequant.config import conf_dir
+from dequant.runlock import LOCK_NAME, RunFolderBusy, RunLock
+from dequant.training import refuse_hpc_checkpoints, resolve_checkpoint, train, trainer_plugins
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = ROOT / "src" / "dequant" / "assets" / "images" / "chelsea.jpg"
+
+
+@pytest.fixture
+def other_live_process():
+    """A live process that is not this one (its pid holds locks in these tests)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _write_lock(folder: Path, pid: int, host: str | None = None, **extra: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    path.write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid,
+                                "start_time": "2026-01-01T00:00:00+00:00", "slurm_job_id": None, **extra}))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ run lock
+
+
+def test_a_second_run_in_a_held_folder_refuses_naming_folder_and_holder(tmp_path: Path, other_live_process) -> None:
+    _write_lock(tmp_path, other_live_process.pid)
+    with pytest.raises(RunFolderBusy) as err:
+        RunLock(tmp_path).acquire()
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path) in message
+    assert f"pid {other_live_process.pid}" in message and socket.gethostname() in message
+    assert "2026-01-01T00:00:00+00:00" in message
+
+
+def test_a_lock_of_a_dead_process_is_taken_over_with_a_log_line(tmp_path: Path, caplog) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_lock(tmp_path, dead.pid)
+    with caplog.at_level(logging.WARNING, logger="dequant.runlock"):
+        lock = RunLock(tmp_path).acquire()
+    assert "taking over the lock" in caplog.text and "no longer running" in caplog.text
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_lock_of_another_host_is_stale_only_when_its_heartbeat_stopped(tmp_path: Path) -> None:
+    path = _write_lock(tmp_path, 1, host="node-that-is-gone")
+    with pytest.raises(RunFolderBusy, match="node-that-is-gone"):
+        RunLock(tmp_path).acquire()
+    old = path.stat().st_mtime - 3600
+    os.utime(path, (old, old))
+    RunLock(tmp_path).acquire().release()
+
+
+def test_the_requeued_rerun_of_the_same_slurm_job_takes_over(tmp_path: Path, monkeypatch,
+                                                             other_live_process) -> None:
+    _write_lock(tmp_path, other_live_process.pid, host="node-a", slurm_job_id="777")
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    RunLock(tmp_path).acquire().release()
+
+
+def test_nested_locks_of_one_process_share_the_lock(tmp_path: Path) -> None:
+    with RunLock(tmp_path):
+        inner = RunLock(tmp_path).acquire()  # a sweep job around train(): same process
+        inner.release()
+        assert (tmp_path / LOCK_NAME).exists()  # the inner one did not take it away
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_train_refuses_a_held_folder_before_writing_anything(tmp_path: Path, other_live_process) -> None:
+    run = tmp_path / "run"
+    _write_lock(run, other_live_process.pid)
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=tiny", "logger=none", f"paths.run_dir={run}"])
+    with pytest.raises(ValueError, match="in use by another run"):
+        train(cfg)
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]
+
+
+def test_only_rank_zero_takes_the_lock(tmp_path: Path, monkeypatch, other_live_process) -> None:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    run = tmp_path / "run"
+    _write_lock(run, other_live_process.pid)
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=tiny", "logger=none", f"paths.run_dir={run}",
+                                          "data.paths=/nonexistent/*.png"])
+    # Rank 1 does not look at the lock: it gets as far as the (deliberately) missing data.
+    with pytest.raises(ValueError, match="matches no image files"):
+        train(cfg)
+
+
+# ------------------------------------------------------------------------------------------------ plugins
+
+
+def test_atomic_checkpoint_io_is_always_in_the_plugins(monkeypatch) -> None:
+    for var in [v for v in os.environ if v.startswith("SLURM_")]:
+        monkeypatch.delenv(var)
+    assert [type(p) for p in trainer_plugins([])] == [AtomicCheckpointIO]
+    precision = object()
+    assert [type(p) for p in trainer_plugins([precision])] == [object, AtomicCheckpointIO]
+    own = TorchCheckpointIO()
+    assert trainer_plugins([own]) == [own]  # a configured CheckpointIO replaces it
+
+
+def test_on_slurm_lightning_does_not_own_the_preemption_signals(monkeypatch) -> None:
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "1"}.items():
+        monkeypatch.setenv(key, value)
+    plugins = trainer_plugins([])
+    slurm = [p for p in plugins if isinstance(p, SLURMEnvironment)]
+    assert len(slurm) == 1 and slurm[0].auto_requeue is False
+    assert any(isinstance(p, AtomicCheckpointIO) for p in plugins)
+
+
+def test_hpc_checkpoints_in_the_run_folder_are_refused(tmp_path: Path) -> None:
+    refuse_hpc_checkpoints(tmp_path)
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="ckpt_path=last"):
+        refuse_hpc_checkpoints(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints are data
+
+
+class _RunsCode:
+    """Unpickling this creates the marker file: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def code_carrying_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    """A checkpoint with every key a resumable one has, plus a pickle that runs a command when loaded."""
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "global_step": 1, "loops": {}, "dequant_config": {},
+                "payload": _RunsCode(marker)}, path)
+    return path, marker
+
+
+def test_integrity_checks_refuse_code_without_running_it(code_carrying_checkpoint, tmp_path: Path) -> None:
+    path, marker = code_carrying_checkpoint
+    assert "refused unrun" in checkpoint_problem(path)
+    with pytest.raises(ValueError, match="refused unrun"):
+        resolve_checkpoint(str(path), tmp_path)
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match="no usable checkpoint"):
+        resolve_checkpoint("last", tmp_path / "run")
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_every_entry_point_refuses_a_code_carrying_checkpoint_unrun(code_carrying_checkpoint, tmp_path: Path) -> None:
+    path, marker = code_carrying_checkpoint
+    py = sys.executable
+    commands = {
+        "train.py": [py, "train.py", "experiment=tiny", "logger=none", f"ckpt_path={path}",
+                     f"hydra.run.dir={tmp_path / 'train'}"],
+        "evaluate.py": [py, "evaluate.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}"],
+        "dequant-edit": [py, "-m", "dequant.edit", "transfer", str(PHOTO), "--ckpt", str(path),
+                         "--palette", "#000000,#ffffff", "-o", str(tmp_path / "out.png")],
+        "dequant-export": [py, "-m", "dequant.export", str(path), str(tmp_path / "export")],
+        "dequant-app": [py, "-c", "import sys; from dequant.app import main; sys.exit(main(sys.argv[1:]))",
+                        "--ckpt", str(path), "--port", "7999"],
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, start_new_session=True) for name, cmd in commands.items()}
+    outputs = {}
+    for name, proc in procs.items():
+        try:
+            outputs[name] = (proc.communicate(timeout=240)[0], proc.returncode)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            outputs[name] = (proc.communicate()[0], None)
+    assert not marker.exists(), "a checkpoint's pickled code ran"
+    for name, (out, code) in outputs.items():
+        assert code not in (0, None), f"{name} accepted the checkpoint:\n{out[-2000:]}"
+        # A one-line error that says the file was refused for what its pickle holds, not a crash.
+        assert "Traceback" not in out and "error" in out, f"{name}:\n{out[-2000:]}"
+        assert any(word in out for word in ("UnpicklingError", "GLOBAL", "weights_only", "refused")), \
+            f"{name}:\n{out[-2000:]}"
