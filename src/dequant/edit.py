@@ -30,7 +30,9 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -45,6 +47,11 @@ OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SCORE_CHOICES = ("color", "neg", "freq", "int", "cmap")
 CUE_CHOICES = ("T", "G", "L", "none")
 RESOLUTION_CHOICES = ("native", "train")
+REGION_CHOICES = ("superpixel", "color")
+# recolor --region color: the palette size the region is found in, and the CIELab distance within which palette
+# colors join it (an object's highlight and shadow colors are usually closer than that; its background is not).
+REGION_COLORS = 8
+REGION_TOLERANCE = 10.0
 # The default of --resolution: flip to "train" if experiments/bench_render_size.py favours render-small-then-upscale.
 DEFAULT_RESOLUTION = "native"
 # --resolution native: the longest side the model works at (larger photos are shrunk to it, the result resized back).
@@ -172,7 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     region = r.add_mutually_exclusive_group(required=True)
     region.add_argument("--mask", help="mask image of the photo's size (white = recolor)")
     region.add_argument("--point", type=_point, metavar="X,Y",
-                        help="recolor the superpixel (SLIC) under pixel X,Y (column, row of the photo)")
+                        help="recolor the region under pixel X,Y (column, row of the photo); --region says which")
+    r.add_argument("--region", choices=REGION_CHOICES, default=None,
+                   help="with --point: superpixel (default) = the SLIC segment under the point, a blob a few "
+                        "pixels wide; color = the connected region of the point's palette color (the photo "
+                        "quantized to --region-colors colors, colors within --tolerance joined, holes filled), "
+                        "grown or shrunk by --grow: follows the object clicked")
+    r.add_argument("--region-colors", type=_positive, default=None, metavar="N",
+                   help=f"--region color: palette size the region is found in (default {REGION_COLORS})")
+    r.add_argument("--tolerance", type=float, default=None,
+                   help=f"--region color: palette colors within this CIELab distance of the point's color join "
+                        f"the region (default {REGION_TOLERANCE:g})")
+    r.add_argument("--grow", type=int, default=None, metavar="PX",
+                   help="--region color: grow (positive) or shrink (negative) the region by PX photo pixels "
+                        "(default 0)")
     r.add_argument("--color", required=True, help='the new color as hex, e.g. "#c0392b"')
     r.add_argument("--keep-texture", action="store_true",
                    help="give the model the texture cue inside the region too (default: dropped there)")
@@ -359,7 +379,11 @@ class _Model:
             self.crop = checkpoint_crop_size(self.config)
             self.quantizer = build_quantizer(None, self.config)
             self.match = build_matcher(None, self.config)
+            # Progress on stdout: stderr holds nothing but a bad input's one error line.
+            print(f"loading {ckpt} on {dev}", flush=True)
+            start = time.monotonic()
             self.module = load_model(ckpt, map_location=dev)
+            print(f"loaded in {time.monotonic() - start:.1f} s", flush=True)
         except Exception as err:  # noqa: BLE001 - a foreign checkpoint fails in torch, Hydra or diffusers
             raise ValueError(f"--ckpt {ckpt}: not a usable dequant model ({one_line(str(err), 300)})") from err
         channels = getattr(self.module.net, "hint_channels", None)
@@ -405,17 +429,35 @@ class _Model:
         """One output `(3, H, W)` for one hint `(7, H, W)`: at `--resolution native` at the hint's own size (tiled
         when it has more than `--tile`**2 pixels), else (the hint is already at the training size) in one pass."""
         if args.resolution == "train":
-            return self.sample(h, spec, args.seed)
-        from dequant.render import render_tiled
+            with self.progress(spec, calls=1):
+                return self.sample(h, spec, args.seed)
+        from dequant.render import render_calls, render_tiled
 
         tile = args.tile or self.default_tile()
+        layout = {"tile": tile, "overlap": tile // 4, "max_pixels": tile * tile, "multiple": self.factor}
 
         def sample_fn(hints: Tensor, ids: Sequence[int]) -> Tensor:
             return self.module.sample(hints, sampler=spec, seed=args.seed, image_ids=list(ids)).float().cpu()
 
-        out = render_tiled(sample_fn, h.float(), tile=tile, overlap=tile // 4, max_pixels=tile * tile,
-                           multiple=self.factor)
+        with self.progress(spec, calls=render_calls(*h.shape[-2:], **layout)):
+            out = render_tiled(sample_fn, h.float(), **layout)
         return out.clamp(0, 1)
+
+    @contextmanager
+    def progress(self, spec: Any, calls: int) -> Iterator[None]:
+        """Report network evaluations (steps x tiles) and the time left while the body samples: a bar on a terminal,
+        a line every few seconds elsewhere."""
+        from dequant.progress import Progress
+
+        total = calls * self.module.formulation.network_evaluations(spec)
+        with Progress("render", total, "network steps", interval_s=5.0, emit=lambda line: print(line, flush=True),
+                      stream=sys.stdout) as bar:
+            # Counted at the net itself: the sampler's loop belongs to the model code.
+            hook = self.module.net.register_forward_hook(lambda *_: bar.advance())
+            try:
+                yield
+            finally:
+                hook.remove()
 
     def sampler_spec(self, args: argparse.Namespace) -> Any:
         """The sampler to use: the checkpoint's, with what `--sampler`, `--steps`, `--start-step` and `--guidance`
@@ -529,13 +571,44 @@ def _read_mask(path: str, height: int, width: int) -> Tensor:
     return mask
 
 
+def _check_region_args(args: argparse.Namespace) -> None:
+    """--region and its options: --region color needs --point; its options need --region color."""
+    color_opts = [f"--{name.replace('_', '-')}" for name in ("region_colors", "tolerance", "grow")
+                  if getattr(args, name) is not None]
+    if args.region is not None and args.point is None:
+        raise ValueError(f"--region {args.region} applies to --point, not to --mask")
+    if color_opts and args.region != "color":
+        raise ValueError(f"{', '.join(color_opts)} only appl{'y' if len(color_opts) > 1 else 'ies'} to --region "
+                         "color")
+    if args.region_colors is not None and args.region_colors > 256:
+        raise ValueError(f"--region-colors must be at most 256, got {args.region_colors}")
+    if args.tolerance is not None and not 0 <= args.tolerance < float("inf"):
+        raise ValueError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
+
+
+def _point_region(args: argparse.Namespace, model: _Model, x: Tensor, col: int, row: int, height: int) -> Tensor:
+    """The region under (col, row) of the working image `x`, as --region asks."""
+    from dequant.color.masks import mask_from_point
+    from dequant.color.regions import color_region
+
+    if args.region != "color":
+        return mask_from_point(x, col, row)
+    rq = model.quantizer(x, args.region_colors or REGION_COLORS)
+    grow = int(round((args.grow or 0) * x.shape[-2] / height))
+    tolerance = REGION_TOLERANCE if args.tolerance is None else float(args.tolerance)
+    try:
+        return color_region(rq.index, col, row, palette=rq.palette, tolerance=tolerance, grow=grow)
+    except ValueError as err:
+        raise ValueError(f"--grow {args.grow}: {err}") from err
+
+
 def run_recolor(args: argparse.Namespace) -> dict[Path, Tensor]:
     """Patch recoloring with the model; return the images to write."""
     from dequant.color.edits import post_l
     from dequant.color.hint import fill_mask, hint
-    from dequant.color.masks import mask_from_point
 
     out = _check_output(args.output)
+    _check_region_args(args)
     color = _hex_palette(args.color, "--color")
     if color.shape[0] != 1:
         raise ValueError(f"--color must be one hex color, got {color.shape[0]}: {args.color!r}")
@@ -564,7 +637,7 @@ def run_recolor(args: argparse.Namespace) -> dict[Path, Tensor]:
     else:
         col = min(size[1] - 1, int(px * size[1] / width))
         row = min(size[0] - 1, int(py * size[0] / height))
-        mask = mask_from_point(x, col, row)
+        mask = _point_region(args, model, x, col, row, height)
     filled = fill_mask(x, mask, color[0])
     h = hint(filled, model.cue(x), mode="patch", mask=mask, keep_texture=bool(args.keep_texture),
              cue_mode=model.cue.mode, g_neutral=model.cue.g_neutral)
