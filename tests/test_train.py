@@ -129,7 +129,7 @@ def test_no_logger_and_no_progress_bar(tmp_path: Path) -> None:
 
 
 def test_wandb_offline_resume_continues_the_same_run(tmp_path: Path) -> None:
-    wandb = ("logger=wandb", "logger.wandb.offline=true", "~callbacks.rich_progress_bar")
+    wandb = ("logger=wandb", "logger.wandb.offline=true", "~callbacks.progress_bar")
     train(fast(tmp_path, *wandb))
     run_id = (tmp_path / "wandb_run_id.txt").read_text().strip()
     assert run_id and run_id != "None"

@@ -35,8 +35,15 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
 
 
 def conf_dir() -> str:
-    """The `conf/` folder of this checkout (the entry points compose from it)."""
-    return str(Path(__file__).resolve().parents[2] / "conf")
+    """The config folder the installed commands compose from: the wheel's `dequant/conf`, else the checkout's `conf/`."""
+    package = Path(__file__).resolve().parent
+    # A wheel carries conf/ inside the package (pyproject.toml maps it); a source checkout or editable install has it
+    # at the top of the checkout.
+    for candidate in (package / "conf", package.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"no config folder: neither {package / 'conf'} nor {package.parents[1] / 'conf'} "
+                            "holds train.yaml (reinstall dequant)")
 
 
 def _multirun() -> bool:
@@ -67,6 +74,41 @@ def run_cli(prog: str, run: Callable[[], T]) -> T:
         message = bad_input_message(err)
         if message is None or _multirun():
             raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def unknown_choice_message(config_dir: str | Path, argv: list[str]) -> str | None:
+    """One line naming the first override of `argv` that picks an option its config group lacks, else None.
+
+    Hydra reports such an override as a multi-line composition error with exit code 1; a one-line error with exit
+    code 2 is what every other bad input of the scripts gets. Hydra's own groups (`hydra/...`, whose options also
+    come from installed plugins) are left to Hydra.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return None  # Hydra's own message for a malformed override says it better.
+    for override in parsed:
+        group = Path(config_dir) / override.key_or_group
+        if override.is_delete() or override.key_or_group.startswith("hydra") or not group.is_dir():
+            continue
+        choices = sorted(p.stem for p in group.glob("*.yaml") if not p.name.startswith("_"))
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if value is not None and str(value) not in choices:
+                return f"{override.key_or_group}: {str(value)!r} is not an option; choices: {', '.join(choices)}"
+    return None
+
+
+def exit_on_unknown_choice(prog: str, config_dir: str | Path, argv: list[str]) -> None:
+    """Exit with code 2 and `<prog>: error: <one line>` when an override picks an option that does not exist."""
+    message = unknown_choice_message(config_dir, argv)
+    if message is not None:
         print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
 

@@ -147,6 +147,18 @@ def render_tiled(
     return out if batched else out[0]
 
 
+def render_calls(height: int, width: int, *, tile: int = 128, overlap: int = 32, max_pixels: int = 128 * 128,
+                 multiple: int = 1) -> int:
+    """How many times `render_tiled` calls `sample_fn` for a hint of `height` x `width` (for progress)."""
+    hp, wp = round_up(height, multiple), round_up(width, multiple)
+    if hp * wp <= max_pixels:
+        return 1
+    th, tw = min(tile, hp), min(tile, wp)
+    windows = len(tile_starts(hp, th, overlap)) * len(tile_starts(wp, tw, overlap))
+    per_call = max(1, max_pixels // (th * tw))
+    return -(-windows // per_call)
+
+
 def _call(sample_fn: SampleFn, batch: Tensor, ids: list[int]) -> Tensor:
     out = sample_fn(batch, ids)
     expected = (batch.shape[0], 3, *batch.shape[-2:])

@@ -22,8 +22,7 @@ What it does, from a composed `conf/evaluate.yaml`:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from dequant.data.io import writable_folder
 from dequant.evaluation import report
 from dequant.evaluation.tests import (T_SCORES, Case, build_case, case_metrics, image_rngs, parse_tests, settings,
                                       variant_name)
+from dequant.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -185,21 +185,6 @@ def load_images(paths: Sequence[Path], size: int) -> Tensor:
     return torch.stack([prepare_image(load_rgb(p), size) for p in paths])
 
 
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
-    """A rich progress bar; yields `advance(description)`."""
-    if not enabled:
-        yield lambda _desc: None
-        return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    with Progress(TextColumn("[bold]evaluate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn()) as bar:
-        task = bar.add_task("", total=total)
-        yield lambda desc: bar.update(task, advance=1, description=desc)
-
-
 def _rows(test: str, setting: str, method: str, ids: Sequence[int], metrics: Mapping[str, Tensor],
           order: tuple[int, ...]) -> list[dict[str, Any]]:
     values = {k: v.detach().float().cpu().tolist() for k, v in metrics.items()}
@@ -328,8 +313,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     n_grid = int(cfg.get("grid_images", 4))
     # An explicit `matching=<score>` replaces the authors' pair of transfer scores (the matching_cost sweep).
     t_scores = (cfg.matching.score,) if cfg.get("matching") is not None else T_SCORES
-    total = sum(len(settings(letter, t_scores)) for letter in letters) * len(batches)
-    with _progress(bool(cfg.get("progress", True)) and rank == 0 and total > 0, total) as advance:
+    # Counted in images (one image through one test setting), rank 0's share; a live bar on a terminal, else a log
+    # line every progress_interval_s seconds.
+    total = sum(len(settings(letter, t_scores)) for letter in letters) * len(mine)
+    with Progress("evaluate", total, "images", enabled=bool(cfg.get("progress", True)) and rank == 0,
+                  interval_s=float(cfg.get("progress_interval_s", 30))) as progress:
         for li, letter in enumerate(letters):
             active = [b for b in baselines if letter in b.tests]
             for si, setting in enumerate(settings(letter, t_scores)):
@@ -346,7 +334,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                     rows += case_rows
                     if rank == 0 and bi == 0 and n_grid > 0:
                         grids[setting.slug] = _grid(case, outputs, n_grid)
-                    advance(f"{letter} {setting.label}")
+                    progress.advance(len(batch), f"{letter} {setting.label}")
 
     rows = _gather(fabric, rows)
     result: dict[str, Any] = {"run_dir": str(run_dir), "rank": rank}

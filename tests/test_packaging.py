@@ -1,0 +1,94 @@
+"""The package as a user installs it: the wheel holds every module, config and asset; its commands run from any folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+COMMANDS = ("dequant-train", "dequant-evaluate", "dequant-sweep", "dequant-sweep-report", "dequant-edit",
+            "dequant-export")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel built from this checkout (no build isolation: setuptools is already installed, nothing is fetched)."""
+    out, tree = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("tree")
+    # Built from a copy: setuptools writes build/ and *.egg-info next to the sources.
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, tree / name)
+    for name in ("src", "conf"):
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(out), str(tree)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (path,) = out.glob("dequant-*.whl")
+    return path
+
+
+def test_every_command_is_installed() -> None:
+    scripts = PYPROJECT["project"]["scripts"]
+    assert set(COMMANDS) <= set(scripts)
+    assert scripts["dequant-train"] == "dequant.cli:train_main"
+
+
+def test_license_is_spdx_and_torch_is_a_range() -> None:
+    project = PYPROJECT["project"]
+    assert project["license"] == "MIT" and (ROOT / project["license-files"][0]).is_file()
+    (torch_req,) = [d for d in project["dependencies"] if re.match(r"torch\b", d)]
+    assert "==" not in torch_req and ">=" in torch_req
+
+
+def test_wheel_holds_every_module_config_and_asset(wheel: Path) -> None:
+    """The package list in pyproject.toml is explicit (conf/ is mapped in): a new subpackage must be added there."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    src = ROOT / "src"
+    expected = {p.relative_to(src).as_posix() for p in (src / "dequant").rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    expected |= {f"dequant/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
+    missing = sorted(expected - names)
+    assert not missing, f"not in the wheel (add the package to [tool.setuptools] packages): {missing[:10]}"
+
+
+@pytest.mark.slow
+def test_installed_wheel_trains_from_an_empty_folder(wheel: Path, tmp_path: Path) -> None:
+    """`dequant-train --cfg job` from an empty folder, the package installed from the wheel (not editable)."""
+    env_dir = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
+    py = env_dir / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
+                    "--no-index", str(wheel)], check=True, timeout=300)
+    # The dependencies come from the already installed environment (appended after the new site-packages, whose
+    # dequant therefore wins over this checkout's editable one).
+    site = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                        text=True).strip())
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    where = subprocess.run([str(py), "-c", "import dequant, dequant.config as c; print(dequant.__file__); "
+                            "print(c.conf_dir())"], cwd=empty, env=env, capture_output=True, text=True, timeout=120)
+    package_file, config_dir = where.stdout.split()
+    assert Path(package_file).is_relative_to(site) and Path(config_dir) == site / "dequant" / "conf", where.stdout
+    train = env_dir / "bin" / "dequant-train"
+    proc = subprocess.run([str(train), "--cfg", "job", "--resolve", "experiment=demo", "trainer.max_steps=3"],
+                          cwd=empty, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "task_name: demo" in proc.stdout and "max_steps: 3" in proc.stdout
+    assert str(site / "dequant" / "assets" / "images") in proc.stdout  # ${dq.assets:images} resolved in the wheel
+    assert list(empty.iterdir()) == []  # --cfg job only prints
+    for command in COMMANDS:
+        assert (env_dir / "bin" / command).is_file(), command
+    report = subprocess.run([str(env_dir / "bin" / "dequant-sweep-report"), "--help"], cwd=empty, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0 and "sweep" in report.stdout
