@@ -217,3 +217,26 @@ def test_every_entry_point_refuses_a_code_carrying_checkpoint_unrun(code_carryin
         assert "Traceback" not in out and "error" in out, f"{name}:\n{out[-2000:]}"
         assert any(word in out for word in ("UnpicklingError", "GLOBAL", "weights_only", "refused")), \
             f"{name}:\n{out[-2000:]}"
+
+
+# ------------------------------------------------------------------------------------------------ FSDP
+
+
+def test_fsdp_with_ema_is_refused_at_startup_naming_both_keys(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=tiny", "trainer=fsdp", "module.use_ema=true",
+                                          f"paths.run_dir={run}"])
+    with pytest.raises(ValueError) as err:
+        train(cfg)
+    message = str(err.value)
+    assert "trainer.strategy" in message and "module.use_ema" in message and "module.use_ema=false" in message
+    assert not run.exists()  # refused before anything was written
+
+
+def test_fsdp_without_ema_passes_the_startup_check() -> None:
+    from dequant.training import check_strategy
+
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=tiny", "trainer=fsdp", "module.use_ema=false"])
+    check_strategy(cfg)

@@ -117,6 +117,17 @@ def trainer_plugins(plugins: list[Any]) -> list[Any]:
     return plugins
 
 
+def check_strategy(cfg: DictConfig) -> None:
+    """Refuse combinations that would fail only hours into a cluster job: FSDP with the EMA (the EMA keeps each
+    weight whole, by name; FSDP flattens and shards them, so the first EMA update would fail)."""
+    strategy = cfg.trainer.get("strategy")
+    target = strategy.get("_target_", "") if hasattr(strategy, "get") else strategy
+    if "fsdp" in str(target).lower() and (cfg.get("module") or {}).get("use_ema", False):
+        raise ValueError("trainer.strategy is FSDP and module.use_ema=true: the EMA keeps whole weights by name, "
+                         "FSDP shards them; set module.use_ema=false (as experiment=paper_256 does) or use "
+                         "trainer=ddp")
+
+
 def refuse_hpc_checkpoints(root_dir: Path) -> None:
     """Fail when the run's root folder holds Lightning `hpc_ckpt_*.ckpt` files: on SLURM Lightning would resume from
     them unasked when `ckpt_path` is null; in this project `ckpt_path=last` is the only way a run resumes."""
@@ -181,6 +192,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Rank 0 holds the run folder's lock (`dequant.runlock`) from before anything is written until the end: a second
     run in the same folder refuses at startup."""
+    check_strategy(cfg)
     run_dir = writable_folder(str(cfg.paths.run_dir), "paths.run_dir")
     # Other ranks (DDP children, SLURM tasks > 0) work in the folder that rank 0 holds.
     lock = RunLock(run_dir).acquire() if rank_zero_only.rank == 0 else None
