@@ -120,6 +120,7 @@ class LogProgressBar(ProgressBar):
         self._enabled = True
         self._last = self._start = 0.0
         self._first_step = 0
+        self._last_step = -1
 
     def disable(self) -> None:
         """Silence (Lightning calls this on every rank but 0)."""
@@ -151,12 +152,12 @@ class LogProgressBar(ProgressBar):
         """Log a line when `interval_s` has passed since the last one."""
         now = time.monotonic()
         if self._enabled and now - self._last >= self.interval_s:
-            self._last = now
+            self._last, self._last_step = now, int(trainer.global_step)
             log.info(self.line(trainer, pl_module))
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        """The last line, whatever the interval."""
-        if self._enabled:
+        """The last line, whatever the interval (unless the last batch's line said it)."""
+        if self._enabled and self._last_step != int(trainer.global_step):
             log.info(self.line(trainer, pl_module))
 
 
