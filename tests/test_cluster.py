@@ -240,3 +240,62 @@ def test_fsdp_without_ema_passes_the_startup_check() -> None:
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=tiny", "trainer=fsdp", "module.use_ema=false"])
     check_strategy(cfg)
+
+
+# ------------------------------------------------------------------------------------------------ IF-II conditioning
+
+
+def _if_like_unet(folder: Path) -> Path:
+    """A tiny UNet with IF-II's interface: 6 input channels, learned variance (6 out), T5-width text projected to
+    the cross-attention width, a timestep-style class embedding for the low-resolution noise level."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8, attention_head_dim=4, in_channels=6, out_channels=6, encoder_hid_dim=16,
+        encoder_hid_dim_type="text_proj", addition_embed_type="text", addition_embed_type_num_heads=4,
+        class_embed_type="timestep",
+    ).save_pretrained(folder)
+    return folder
+
+
+def test_controlnet_refuses_a_cross_attention_unet_without_the_empty_prompt_embedding(tmp_path: Path) -> None:
+    from dequant.models.nets import ControlNetUNet
+
+    with pytest.raises(ValueError, match="null_embedding_path: .*cross-attention.*docs/cluster.md") as err:
+        ControlNetUNet(_if_like_unet(tmp_path / "unet"), conditioning_channels=(8, 16))
+    assert "\n" not in str(err.value)
+
+
+def test_the_authors_npz_embedding_and_the_class_label_reach_the_unet(tmp_path: Path) -> None:
+    import numpy as np
+
+    from dequant.models.nets import ControlNetUNet
+
+    emb = np.random.default_rng(0).standard_normal((1, 5, 16)).astype(np.float32)
+    np.savez(tmp_path / "empty_prompt.npz", arr=emb)  # the authors' file layout: key "arr", (1, seq, 4096)
+    unet = _if_like_unet(tmp_path / "unet")
+    nets = {label: ControlNetUNet(unet, conditioning_channels=(8, 16), class_label=label,
+                                  null_embedding_path=tmp_path / "empty_prompt.npz") for label in (0, 250)}
+    assert torch.equal(nets[0].null_embedding, torch.from_numpy(emb))
+    g = torch.Generator().manual_seed(0)
+    x, hint = torch.randn(2, 3, 16, 16, generator=g), torch.rand(2, 7, 16, 16, generator=g) * 2 - 1
+    t = torch.tensor([10, 500])
+    seen = {}
+    for label, net in nets.items():
+        net.unet.register_forward_pre_hook(
+            lambda _m, _a, kw, label=label: seen.__setitem__(label, kw["class_labels"].tolist()), with_kwargs=True)
+        with torch.no_grad():
+            net(x, t, hint)
+    assert seen == {0: [0, 0], 250: [250, 250]}
+    with pytest.raises(ValueError, match="class_label"):
+        ControlNetUNet(unet, class_label=-1, null_embedding_path=tmp_path / "empty_prompt.npz")
+
+
+def test_model_controlnet_exposes_the_if_ii_choices_as_config_keys() -> None:
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["model=controlnet", "model.pretrained_path=/m"])
+    net = cfg.module.net
+    assert {"null_embedding_path", "null_seq_len", "class_label", "low_res_input"} <= set(net)

@@ -67,7 +67,7 @@ def test_controlnet_export_round_trip(tmp_path: Path, save_tiny_pretrained_unet)
     from dequant.models.nets import ControlNetUNet
 
     net = ControlNetUNet(save_tiny_pretrained_unet(tmp_path / "pretrained", sample_size=16),
-                         conditioning_channels=(8, 16))
+                         conditioning_channels=(8, 16), null_embedding_path="zeros")
     module = DequantModule(net, sampler={"name": "ddim", "steps": 2})
     torch.manual_seed(0)
     with torch.no_grad():  # stand-in for training: the ControlNet leaves its zero initialisation

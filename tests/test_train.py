@@ -67,7 +67,7 @@ def test_fast_dev_run_each_cue(cond: str, tmp_path: Path) -> None:
 def test_controlnet_fast_dev_run(tmp_path: Path, save_tiny_pretrained_unet) -> None:
     unet = save_tiny_pretrained_unet(tmp_path / "unet", sample_size=32)
     result = train(fast(tmp_path / "run", "model=controlnet", f"model.pretrained_path={unet}",
-                        "+trainer.fast_dev_run=true"))
+                        "model.null_embedding_path=zeros", "+trainer.fast_dev_run=true"))
     assert result["global_step"] == 1
 
 

@@ -223,7 +223,8 @@ def test_ema_updates_once_per_optimizer_step(tmp_path):
 
 
 def test_fit_controlnet(tmp_path, save_tiny_pretrained_unet):
-    net = ControlNetUNet(save_tiny_pretrained_unet(tmp_path / "unet", sample_size=SIZE), conditioning_channels=(8, 16))
+    net = ControlNetUNet(save_tiny_pretrained_unet(tmp_path / "unet", sample_size=SIZE),
+                         conditioning_channels=(8, 16), null_embedding_path="zeros")
     frozen = {k: v.clone() for k, v in net.unet.state_dict().items()}
     module = DequantModule(net, sampler=SamplerSpec("ddim", steps=2), val_max_images=2)
     trainer = _trainer(tmp_path)

@@ -107,7 +107,8 @@ def test_hint_embedding_keeps_resolution_and_starts_at_zero():
 
 @pytest.mark.parametrize("if_style", [False, True])
 def test_controlnet_starts_as_the_frozen_unet(unet_dir, if_unet_dir, if_style):
-    net = ControlNetUNet(if_unet_dir if if_style else unet_dir, conditioning_channels=(8, 16))
+    net = ControlNetUNet(if_unet_dir if if_style else unet_dir, conditioning_channels=(8, 16),
+                         null_embedding_path="zeros")
     x, t, hint = _inputs()
     out = net(x, t, hint)
     assert out.shape == (2, 3, 16, 16)
@@ -123,7 +124,7 @@ def test_controlnet_starts_as_the_frozen_unet(unet_dir, if_unet_dir, if_style):
 
 
 def test_controlnet_unet_is_frozen_and_controlnet_learns(unet_dir):
-    net = ControlNetUNet(unet_dir, conditioning_channels=(8, 16))
+    net = ControlNetUNet(unet_dir, conditioning_channels=(8, 16), null_embedding_path="zeros")
     assert net.trainable_module() is net.controlnet
     assert not any(p.requires_grad for p in net.unet.parameters())
     net.train()
@@ -138,7 +139,7 @@ def test_controlnet_unet_is_frozen_and_controlnet_learns(unet_dir):
 
 
 def test_controlnet_hint_reaches_the_output_once_zero_convs_move(unet_dir):
-    net = ControlNetUNet(unet_dir, conditioning_channels=(8, 16))
+    net = ControlNetUNet(unet_dir, conditioning_channels=(8, 16), null_embedding_path="zeros")
     with torch.no_grad():
         for p in net.controlnet.parameters():
             if torch.count_nonzero(p) == 0:
@@ -150,7 +151,8 @@ def test_controlnet_hint_reaches_the_output_once_zero_convs_move(unet_dir):
 
 
 def test_controlnet_unfrozen_trains_both(unet_dir):
-    net = ControlNetUNet(unet_dir, conditioning_channels=(8, 16), freeze_unet=False)
+    net = ControlNetUNet(unet_dir, conditioning_channels=(8, 16), freeze_unet=False,
+                         null_embedding_path="zeros")
     names = {n.split(".")[0] for n, _ in net.trainable_module().named_parameters()}
     assert names == {"unet", "controlnet"}
     assert all(p.requires_grad for p in net.unet.parameters())

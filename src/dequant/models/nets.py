@@ -168,14 +168,26 @@ class _RawTextInput:
         return (raw.expand(ehs.shape[0], -1, -1),)
 
 
+def _has_cross_attention(unet: nn.Module) -> bool:
+    """Whether any attention layer of `unet` attends to the text embedding."""
+    return any(getattr(m, "is_cross_attention", False) for m in unet.modules())
+
+
 def _load_null_embedding(path: str | Path, dim: int) -> Tensor:
-    """Read a fixed text embedding (.pt tensor or .npy array) as `(1, seq, dim)`."""
+    """Read a fixed text embedding (.pt tensor, .npy array, or .npz archive as the authors ship it: key `arr`) as
+    `(1, seq, dim)`; arrays are read without pickle, tensors with `weights_only=True` (data, never code)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"null_embedding_path {str(path)!r} does not exist or is not a file")
     try:
         if path.suffix == ".npy":
-            emb = torch.from_numpy(np.load(path))
+            emb = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                keys = list(archive.keys())
+                if "arr" not in keys and len(keys) != 1:
+                    raise ValueError(f"expected one array or one named 'arr', found {keys}")
+                emb = torch.from_numpy(archive["arr" if "arr" in keys else keys[0]])
         else:
             emb = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unusable
@@ -196,10 +208,15 @@ def _load_null_embedding(path: str | Path, dim: int) -> Tensor:
 class ControlNetUNet(nn.Module):
     """A frozen pretrained UNet2DConditionModel (local folder) steered by a trainable ControlNet fed the hint.
 
-    The text input is a fixed null embedding (zeros, or read from `null_embedding_path`). UNets with 6 input
-    channels (IF-II: noisy image + upscaled low-resolution image) get the hint's color channels as the low-resolution
-    image (`low_res_input="color"`) or zeros; UNets with a class embedding (IF-II: the low-resolution noise level)
-    get `class_label` for every image.
+    The text input is a fixed embedding read from `null_embedding_path` (for IF-II: the empty prompt's T5 embedding,
+    what the authors feed; docs/cluster.md says how to make the file). A UNet with cross-attention refuses to start
+    without one: a zero embedding is an input it never saw in training. `null_embedding_path="zeros"` feeds zeros
+    of length `null_seq_len` on purpose (toy UNets, tests). UNets with 6 input channels (IF-II: noisy image +
+    upscaled low-resolution image) get the hint's color channels as the low-resolution image
+    (`low_res_input="color"`, the authors' choice) or zeros; UNets with a class embedding (IF-II: the noise level of
+    the low-resolution image, 0-999) get `class_label` for every image (the authors: `aug_level * 1000`, 0 by
+    default). Only the first 3 output channels (eps or v) are used; docs/cluster.md compares each choice with the
+    authors' code.
     """
 
     def __init__(
@@ -223,6 +240,9 @@ class ControlNetUNet(nn.Module):
         check_choice(low_res_input, LOW_RES_INPUTS, "low_res_input")
         if null_seq_len < 1:
             raise ValueError(f"null_seq_len must be >= 1, got {null_seq_len}")
+        if isinstance(class_label, bool) or not isinstance(class_label, (int, np.integer)) or class_label < 0:
+            raise ValueError(f"class_label must be an int >= 0 (IF-II: the low-res noise level 0-999), "
+                             f"got {class_label!r}")
         channels = _int_tuple(conditioning_channels, "conditioning_channels")
         self.hint_channels = int(hint_channels)
         self.freeze_unet = bool(freeze_unet)
@@ -265,7 +285,13 @@ class ControlNetUNet(nn.Module):
         self._check_zero_init()
 
         text_dim = cfg.encoder_hid_dim if cfg.encoder_hid_dim is not None else cfg.cross_attention_dim
-        if null_embedding_path is None:
+        if null_embedding_path is None and _has_cross_attention(self.unet):
+            raise ValueError(
+                f"null_embedding_path: the UNet at {str(path)!r} has cross-attention, trained on text embeddings; "
+                "give the empty-prompt embedding file (docs/cluster.md: how to make it once with the T5 encoder), "
+                "or null_embedding_path=zeros to feed zeros on purpose"
+            )
+        if null_embedding_path is None or str(null_embedding_path) == "zeros":
             null = torch.zeros(1, int(null_seq_len), int(text_dim))
         else:
             null = _load_null_embedding(null_embedding_path, int(text_dim))
