@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR := outputs/demo
 
-.PHONY: install test test-fast demo bench clean sweep-demo
+.PHONY: install test test-fast demo bench clean sweep-demo app
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ sweep-demo: install
 	$(BIN)/python -m dequant.sweep -m --config-dir sweeps --config-name cue_modes experiment=demo \
 		trainer.max_steps=300 trainer.val_check_interval=300 callbacks.model_checkpoint.every_n_train_steps=300 \
 		'+sweep.evaluate_overrides.data.paths=$${dq.assets:heldout_photos}'
+
+# The palette editor in the browser (docs/app.md) on the demo's checkpoint, at http://127.0.0.1:7860 only.
+APP_CKPT := $(DEMO_DIR)/train/checkpoints/last.ckpt
+app: install
+	@test -f $(APP_CKPT) || { echo "make app: $(APP_CKPT) is missing: run 'make demo' first" >&2; exit 2; }
+	$(BIN)/dequant-app --ckpt $(APP_CKPT)
 
 bench: install
 	$(BIN)/python experiments/bench_color.py
