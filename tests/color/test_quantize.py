@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 import dequant
 from dequant.color.colorspace import rgb_to_lab
-from dequant.color.quantize import Quantized, Quantizer, kmeans_torch, quantize
+from dequant.color.quantize import Quantized, Quantizer, quantize
 
 COMBOS = [("median_cut", "rgb"), ("kmeans", "rgb"), ("kmeans", "lab")]
 ASSETS = Path(dequant.__file__).parent / "assets" / "images"
@@ -295,28 +295,3 @@ def test_from_assignment_compacts_and_sorts():
     assert torch.equal(q.image, palette[index].permute(2, 0, 1))
     with pytest.raises(ValueError, match="index"):
         Quantized.from_assignment(palette, torch.tensor([[4]]))
-
-
-@pytest.mark.parametrize("space", ["rgb", "lab"])
-def test_kmeans_torch(space):
-    images = torch.stack([photo("astronaut", 32), photo("coffee", 32), torch.full((3, 32, 32), 0.6)])
-    palettes, index = kmeans_torch(images, 8, iters=8, generator=torch.Generator().manual_seed(0), space=space)
-    assert palettes.shape == (3, 8, 3) and index.shape == (3, 32, 32) and index.dtype == torch.int64
-    assert 0.0 <= float(palettes.min()) and float(palettes.max()) <= 1.0
-    again, index2 = kmeans_torch(images, 8, iters=8, generator=torch.Generator().manual_seed(0), space=space)
-    assert torch.equal(palettes, again) and torch.equal(index, index2)
-    # The flat image is reproduced exactly; photos get close to the CPU k-means.
-    recon = torch.stack([p[i].permute(2, 0, 1) for p, i in zip(palettes, index)])
-    torch.testing.assert_close(recon[2], images[2], atol=1e-3, rtol=0)
-    feats = rgb_to_lab if space == "lab" else (lambda z: z)
-    ratios = []
-    for b in range(2):
-        q = Quantized.from_assignment(palettes[b], index[b])
-        ref = quantize(images[b], 8, method="kmeans", space=space)
-        ours = float(((feats(q.image) - feats(images[b])) ** 2).mean())
-        ratios.append(ours / float(((feats(ref.image) - feats(images[b])) ** 2).mean()))
-    assert np.mean(ratios) <= 1.15
-    with pytest.raises(ValueError, match="n_colors"):
-        kmeans_torch(images, 0)
-    with pytest.raises(ValueError, match="iters"):
-        kmeans_torch(images, 4, iters=-1)

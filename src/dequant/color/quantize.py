@@ -1,14 +1,13 @@
 """Color quantizers: one global palette per image, with its index map and the pixel fraction of each color.
 
 Two methods (SPEC 1.4):
-- ``median_cut``: the authors' quantizer, Pillow's median cut on the 8-bit RGB image, never dithered.
+- ``median_cut``: the authors' quantizer, Pillow's median cut on the 8-bit RGB image, never dithered; computed by
+  ``dequant.color.median_cut`` (numpy), which gives Pillow's palette and index map exactly, several times faster.
 - ``kmeans``: weighted k-means (greedy k-means++ seeding, Lloyd iterations) on color histograms of the 8-bit
   image (5 then 6 bits per channel; each bin weighted by its pixel count, placed at its pixels' mean), in RGB or
   CIELab; then every pixel takes its exactly nearest center and the centers become their pixels' means.
   On one thread it is 6-15x faster than ``cv2.kmeans`` (k-means++, 20 iterations) at N=16..64 for about the same
   error (within 2%, see ``experiments/bench_color.py``).
-
-``kmeans_torch`` is a batched torch k-means for the training step (GPU), with a fixed palette size per batch.
 """
 
 from __future__ import annotations
@@ -19,11 +18,11 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from dequant.color._checks import check_choice, check_image
 from dequant.color.colorspace import lab_to_rgb, rgb_to_lab
+from dequant.color.median_cut import median_cut
 
 METHODS = ("median_cut", "kmeans")
 SPACES = ("rgb", "lab")
@@ -121,16 +120,8 @@ def _to_hwc(image: Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _median_cut(u8: np.ndarray, n_colors: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow median cut, undithered: returns (palette uint8 (256,3), index (H,W))."""
-    # Image.quantize(colors, MEDIANCUT) and convert("P", palette=ADAPTIVE, colors) run the same C routine
-    # (ImagingQuantize with kmeans=0), which maps each pixel to its nearest palette entry and never dithers; the
-    # `dither` argument of quantize only applies when quantizing to a given palette. We pass NONE to say so.
-    pil = Image.fromarray(u8, mode="RGB").quantize(
-        colors=n_colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
-    )
-    index = np.asarray(pil, dtype=np.int64)
-    raw = np.asarray(pil.getpalette("RGB"), dtype=np.uint8).reshape(-1, 3)
-    return raw, index
+    """Pillow's undithered median cut: (palette uint8 (K,3), index (H,W)), identical to Pillow's (median_cut.py)."""
+    return median_cut(u8, n_colors)
 
 
 def _sq_dist_argmin(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -335,57 +326,3 @@ class Quantizer:
 
     def __repr__(self) -> str:
         return f"Quantizer(method={self.method!r}, space={self.space!r})"
-
-
-def kmeans_torch(
-    images: Tensor,
-    n_colors: int,
-    iters: int = 10,
-    generator: torch.Generator | None = None,
-    space: str = "rgb",
-) -> tuple[Tensor, Tensor]:
-    """Batched k-means on the images' device: `(B,3,H,W)` -> (palettes `(B,K,3)` RGB in [0,1], index `(B,H,W)`).
-
-    K = n_colors for every image so that results stack; an image with fewer distinct colors than K gets
-    duplicate or unused palette entries (use `Quantized.from_assignment` to compact one). Greedy k-means++
-    seeding on all pixels (sampled with `generator`, which must live on the images' device), then `iters` Lloyd steps.
-    """
-    batch, _ = check_image(images, "images")
-    k = _check_n_colors(n_colors)
-    check_choice(space, SPACES, "space")
-    if isinstance(iters, bool) or not isinstance(iters, Integral) or iters < 0:
-        raise ValueError(f"iters must be a non-negative int, got {iters!r}")
-    b, _, h, w = batch.shape
-    x = batch.float()
-    x = rgb_to_lab(x) if space == "lab" else x * 255.0
-    x = x.flatten(2).transpose(1, 2).contiguous()  # (B, N, 3)
-    n = x.shape[1]
-    xx = (x * x).sum(-1)  # (B, N)
-    ar = torch.arange(b, device=x.device)
-
-    def sq_dist(c: Tensor) -> Tensor:  # (B, N, K')
-        return torch.baddbmm((c * c).sum(-1).unsqueeze(1), x, c.transpose(1, 2), alpha=-2.0).add_(xx.unsqueeze(-1))
-
-    # Greedy k-means++ (as in the numpy path): per step, the best of `trials` candidates drawn by D^2.
-    trials = 2 + int(math.log(k))
-    centers = torch.empty(b, k, 3, device=x.device, dtype=x.dtype)
-    first = torch.randint(n, (b,), device=x.device, generator=generator)
-    centers[:, 0] = x[ar, first]
-    closest = sq_dist(centers[:, :1]).squeeze(-1).clamp_min_(0)
-    for j in range(1, k):
-        # Images whose pixels all sit on centers (fewer colors than K) fall back to uniform sampling.
-        probs = torch.where(closest.sum(1, keepdim=True) > 0, closest, torch.ones_like(closest))
-        cand = torch.multinomial(probs, trials, replacement=True, generator=generator)  # (B, trials)
-        cand_x = torch.gather(x, 1, cand.unsqueeze(-1).expand(-1, -1, 3))  # (B, trials, 3)
-        d = torch.minimum(sq_dist(cand_x).clamp_min_(0), closest.unsqueeze(-1))  # (B, N, trials)
-        best = d.sum(1).argmin(1)  # (B,)
-        centers[:, j] = cand_x[ar, best]
-        closest = d[ar, :, best]
-    labels = sq_dist(centers).argmin(-1)
-    for _ in range(iters):
-        sums = torch.zeros_like(centers).scatter_add_(1, labels.unsqueeze(-1).expand(-1, -1, 3), x)
-        mass = torch.zeros(b, k, device=x.device, dtype=x.dtype).scatter_add_(1, labels, torch.ones_like(xx))
-        centers = torch.where(mass.unsqueeze(-1) > 0, sums / mass.clamp_min(1).unsqueeze(-1), centers)
-        labels = sq_dist(centers).argmin(-1)
-    palettes = lab_to_rgb(centers.reshape(-1, 3)).reshape(b, k, 3) if space == "lab" else centers / 255.0
-    return palettes.clamp(0.0, 1.0), labels.reshape(b, h, w)
