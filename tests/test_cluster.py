@@ -299,3 +299,61 @@ def test_model_controlnet_exposes_the_if_ii_choices_as_config_keys() -> None:
         cfg = compose("train", overrides=["model=controlnet", "model.pretrained_path=/m"])
     net = cfg.module.net
     assert {"null_embedding_path", "null_seq_len", "class_label", "low_res_input"} <= set(net)
+
+
+# ------------------------------------------------------------------------------------------------ jobs under SIGTERM
+
+
+def _wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and text in path.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+            pytest.fail(f"{text!r} did not appear in {path.name}:\n" + (path.read_text()[-3000:] if path.exists()
+                                                                         else "(no log)"))
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_a_sweep_job_and_an_evaluation_under_sigterm_stop_cleanly(tmp_path: Path) -> None:
+    """SIGTERM to the process group: the sweep job (training with 2 data workers) is recorded as preempted, not
+    failed, exit 0; an evaluation of its checkpoint stops between batches, exit 0, writing no partial tables."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    sweep_dir, sweep_log = tmp_path / "sweep", tmp_path / "sweep.log"
+    cmd = [sys.executable, "-m", "dequant.sweep", "-m", "--config-dir", str(ROOT / "sweeps"), "--config-name",
+           "cue_modes", "experiment=tiny", "cond=T", "trainer.max_steps=500", "sampler=ddim", "sampler.steps=2",
+           "logger=none", "data.num_workers=2", "callbacks.model_checkpoint.every_n_train_steps=1",
+           "~callbacks.progress_bar", "~callbacks.lr_monitor", "trainer.enable_progress_bar=false",
+           f"hydra.sweep.dir={sweep_dir}"]
+    with sweep_log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    job = sweep_dir / "0"
+    deadline_ckpt = job / "checkpoints" / "step0000003.ckpt"
+    _wait_for_text(sweep_log, "", proc)  # the log exists
+    import time
+
+    start = time.monotonic()
+    while not deadline_ckpt.exists():
+        assert proc.poll() is None and time.monotonic() - start < 240, sweep_log.read_text()[-3000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, sweep_log.read_text()[-3000:]
+    record = json.loads((job / "sweep_job.json").read_text())
+    assert record["status"] == "preempted" and record["stopped_by"] == "SIGTERM", record
+    text = sweep_log.read_text()
+    assert text.count("received SIGTERM: saved") == 1 and "killed by signal" not in text, text[-3000:]
+    assert not (job / LOCK_NAME).exists() and not list(job.rglob("hpc_ckpt*"))
+
+    eval_dir, eval_log = tmp_path / "eval", tmp_path / "eval.log"
+    with eval_log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "evaluate.py", f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}",
+                                 "sampler=ddim", "sampler.steps=2", "progress=false", f"hydra.run.dir={eval_dir}"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_for_text(eval_log, "evaluating ", proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, eval_log.read_text()[-3000:]
+    text = eval_log.read_text()
+    assert text.count("evaluation stopped by SIGTERM") == 1, text[-3000:]
+    assert not (eval_dir / "metrics.csv").exists()

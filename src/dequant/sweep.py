@@ -223,7 +223,8 @@ def evaluate_checkpoint(train_cfg: DictConfig, options: SweepOptions, ckpt: str,
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(eval_cfg, out_dir / "config.yaml", resolve=True)
     result = evaluate(eval_cfg)
-    return {"run_dir": str(out_dir), "metrics_csv": result.get("metrics_csv")}
+    return {"run_dir": str(out_dir), "metrics_csv": result.get("metrics_csv"),
+            "stopped_by_signal": result.get("stopped_by_signal")}
 
 
 def _rank() -> int:
@@ -266,6 +267,8 @@ def _run_stages(cfg: DictConfig, options: SweepOptions, record: dict[str, Any], 
         record["stage"] = "evaluate"
         result = evaluate(cfg)
         record["evaluate"] = {"run_dir": str(run_dir), "metrics_csv": result.get("metrics_csv")}
+        if _preempted(record, result.get("stopped_by_signal"), "evaluation"):
+            return
     else:
         record["stage"] = "train"
         try:
@@ -275,10 +278,8 @@ def _run_stages(cfg: DictConfig, options: SweepOptions, record: dict[str, Any], 
                 record["wandb_id"] = remember_wandb_run(run_dir)
         record["train"] = {k: result.get(k) for k in ("run_dir", "last_checkpoint", "global_step", "metrics",
                                                       "resumed_from")}
-        if result.get("stopped_by_signal"):
-            # The preemption callback saved last.ckpt and stopped cleanly: the rerun resumes, then evaluates.
-            record.update(status="preempted", stopped_by=str(result["stopped_by_signal"]),
-                          error=f"training stopped by {result['stopped_by_signal']} at step {result['global_step']}")
+        # The preemption callback saved last.ckpt and stopped cleanly: the rerun resumes, then evaluates.
+        if _preempted(record, result.get("stopped_by_signal"), f"training at step {result.get('global_step')}"):
             return
         if options.evaluate and _rank() == 0:
             if not result.get("last_checkpoint"):
@@ -286,10 +287,20 @@ def _run_stages(cfg: DictConfig, options: SweepOptions, record: dict[str, Any], 
                                  "(callbacks.model_checkpoint.save_last must be true)")
             record["stage"] = "evaluate"
             record["evaluate"] = evaluate_checkpoint(cfg, options, result["last_checkpoint"], run_dir)
+            if _preempted(record, record["evaluate"].pop("stopped_by_signal", None), "evaluation"):
+                return
     metric = cfg.get("optimized_metric")
     if metric and _rank() == 0:
         record["value"] = _lookup(str(metric), record)
     record["status"] = "completed"
+
+
+def _preempted(record: dict[str, Any], signal_name: str | None, what: str) -> bool:
+    """Mark the record preempted (not failed) when a stage stopped on a signal; the requeued rerun redoes it."""
+    if not signal_name:
+        return False
+    record.update(status="preempted", stopped_by=str(signal_name), error=f"{what} stopped by {signal_name}")
+    return True
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
@@ -381,7 +392,12 @@ class SweepReportCallback(HydraCallback):
         md_path, csv_path = write_report(table, sweep_dir)
         print(f"\nSweep report ({sweep_dir}):\n\n{report_markdown(table)}\nwritten to {md_path} and {csv_path}",
               flush=True)
-        failed = [row["job"] for row in table.rows if row.get("status") not in OK_STATUSES]
+        preempted = [row["job"] for row in table.rows if row.get("status") == "preempted"]
+        if preempted:
+            # Stopped cleanly on a signal with their checkpoint saved: not failures; the same command resumes them.
+            log.warning("%d sweep jobs were preempted: %s; rerun the same command with hydra.sweep.dir=%s to "
+                        "resume them", len(preempted), preempted, sweep_dir)
+        failed = [row["job"] for row in table.rows if row.get("status") not in (*OK_STATUSES, "preempted")]
         if failed and self.fail_at_end:
             message = (f"{len(failed)} of {len(table.rows)} sweep jobs did not complete: {failed} (see {md_path}, "
                        f"each job's {RECORD_FILE} and log)")

@@ -42,6 +42,7 @@ from dequant.data.io import writable_folder
 from dequant.evaluation import report
 from dequant.evaluation.tests import (T_SCORES, Case, build_case, case_metrics, image_rngs, parse_tests, settings,
                                       variant_name)
+from dequant.preemption import StopFlag
 from dequant.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -316,12 +317,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # Counted in images (one image through one test setting), rank 0's share; a live bar on a terminal, else a log
     # line every progress_interval_s seconds.
     total = sum(len(settings(letter, t_scores)) for letter in letters) * len(mine)
-    with Progress("evaluate", total, "images", enabled=bool(cfg.get("progress", True)) and rank == 0,
-                  interval_s=float(cfg.get("progress_interval_s", 30))) as progress:
+    # SIGTERM / SIGUSR1 (SLURM preemption) stop the run between batches: nothing half-written, exit status 0.
+    with StopFlag() as stop, Progress("evaluate", total, "images",
+                                      enabled=bool(cfg.get("progress", True)) and rank == 0,
+                                      interval_s=float(cfg.get("progress_interval_s", 30))) as progress:
         for li, letter in enumerate(letters):
             active = [b for b in baselines if letter in b.tests]
             for si, setting in enumerate(settings(letter, t_scores)):
                 for bi, batch in enumerate(batches):
+                    if stop.received is not None:  # ranks agree once, after the loop (their batch counts differ)
+                        break
                     images = torch.stack([loaded[i] for i in batch])
                     refs = torch.stack([loaded[(i + 1) % n] for i in batch])
                     batch_ids = [ids[i] for i in batch]
@@ -336,8 +341,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                         grids[setting.slug] = _grid(case, outputs, n_grid)
                     progress.advance(len(batch), f"{letter} {setting.label}")
 
+    result: dict[str, Any] = {"run_dir": str(run_dir), "rank": rank, "stopped_by_signal": None}
+    if stop.stop_requested(fabric if world > 1 else None):  # one collective per rank
+        result["stopped_by_signal"] = stop.received or "a signal on another rank"
+        log.warning("evaluation stopped by %s before it finished; nothing written; run it again to evaluate",
+                    result["stopped_by_signal"])
+        return result
     rows = _gather(fabric, rows)
-    result: dict[str, Any] = {"run_dir": str(run_dir), "rank": rank}
     if rank != 0:
         return result
     rows.sort(key=lambda r: r["_order"])
