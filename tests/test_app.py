@@ -85,7 +85,7 @@ def test_store_keeps_memory_bounded_over_many_uploads(page: Page, tiny_photos: l
     assert len(page.store) == 3
     for photo in page.store._photos.values():
         assert len(photo.quantized) <= 1
-    msg, *rest = _guarded(page.reset, 6)(states[0])
+    msg, *rest = _guarded(page.reset, 8)(states[0])
     assert "no photo loaded" in msg and all(r == gr.update() for r in rest)
     assert "palette reset" in page.reset(states[-1])[0]
 
@@ -94,7 +94,7 @@ def test_palette_edits_update_the_color_input_without_the_model(page: Page, tiny
                                                                  monkeypatch) -> None:
     monkeypatch.setattr(ed.Renderer, "run", lambda *a, **k: pytest.fail("palette edits must not run the model"))
     state = _loaded(page, tiny_photos[0])
-    _, state, quantized, recolored, swatches, _ = page.requantize(6, "k-means (Lab)", state)
+    _, state, quantized, recolored, swatches, *_ = page.requantize(6, "k-means (Lab)", state)
     assert np.array_equal(quantized, recolored)
     assert "%" in swatches and swatches.count("<div style=") == 6
     msg, state, _, recolored2, swatches, chooser, picker, hex_box = page.set_swatch("2. #000000", "#00ff00", state)
@@ -122,11 +122,11 @@ def test_bad_input_shows_a_message_and_changes_nothing(page: Page, tiny_photos: 
     bad_file = tmp_path / "bad.jpg"
     bad_file.write_bytes(b"\x00" * 100)
     cases = {
-        "not a readable image": (page.load_upload, 9, (str(bad_file), 6, "median cut", state)),
-        "N must be": (page.requantize, 6, (80, "median cut", state)),
+        "not a readable image": (page.load_upload, 12, (str(bad_file), 6, "median cut", state)),
+        "N must be": (page.requantize, 8, (80, "median cut", state)),
         "is not a color": (page.set_swatch, 8, ("1. #000000", "#12345g", state)),
         "no swatch": (page.set_swatch, 8, ("9. #000000", "#123456", state)),
-        "score must be": (page.from_photo, 6, (str(tiny_photos[1]), "bogus", state)),
+        "score must be": (page.from_photo, 8, (str(tiny_photos[1]), "bogus", state)),
         "click a point": (page.region, 3, ("palette color", 0, 10, "#ff0000", state)),
         "steps must be at least 1": (page.render, 4, (True, "checkpoint's", 0, 0, None, None, False, state, None)),
         "sampler settings": (page.render, 4, (True, "ddim", 2, 0, 5, None, False, state, None)),

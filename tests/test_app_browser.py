@@ -123,6 +123,8 @@ def test_edit_and_render_in_the_browser(server: str, browser, tiny_photos: list[
     source = np.asarray(Image.open(photo).convert("RGB"), dtype=np.float32)
     context = browser.new_context(viewport={"width": 1280, "height": 1300}, accept_downloads=True)
     page = context.new_page()
+    elsewhere: list[str] = []  # the page must work offline: no font, script or ping from another host
+    page.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:")) else elsewhere.append(r.url))
     try:
         page.goto(server, timeout=STEP_MS)
         page.locator("#upload").wait_for(timeout=STEP_MS)
@@ -155,5 +157,6 @@ def test_edit_and_render_in_the_browser(server: str, browser, tiny_photos: list[
         again = _render_and_download(page, tmp_path / "download_2.png")
         assert again.size == (60, 40)
         page.screenshot(path=tmp_path / "6_rendered_again.png", full_page=True)
+        assert not elsewhere, f"the page asked other hosts for {elsewhere[:5]}"
     finally:
         context.close()

@@ -72,12 +72,14 @@ class Page:
         return torch.stack([ed.parse_color(c) for c in state["target"]])
 
     def _view(self, state: dict, selected: int = 0) -> tuple:
-        """(quantized image, recolored image, swatches, swatch chooser) for the state."""
+        """(quantized image, recolored image, swatches, swatch chooser, picker, hex box) for the state, the
+        chooser, picker and hex box on swatch `selected`."""
         _, q = self._photo_q(state)
         target = self._target(state)
         choices = [f"{i + 1}. {ed.to_hex(c)}" for i, c in enumerate(target)]
+        chosen = state["target"][selected]
         return (_u8(q.image), _u8(ed.recolored(q, target)), swatches_html(q.palette, target, q.fractions),
-                gr.update(choices=choices, value=choices[selected]))
+                gr.update(choices=choices, value=choices[selected]), chosen, chosen)
 
     def _save_result(self, image: Tensor, stem: str) -> Path:
         from dequant.data.io import save_rgb
@@ -120,7 +122,7 @@ class Page:
                  "click": None}
         h, w = photo.full.shape[-2:]
         msg = f"{photo.name}: {w}x{h}, {q.n_colors} colors"
-        return (msg, state, _u8(photo.work), *self._view(state), None, None)
+        return (msg, state, _u8(photo.work), *self._view(state), None, None, None)
 
     def requantize(self, n: Any, quantizer: str, state: dict) -> tuple:
         """The same photo with another N or quantizer (the palette edits start over)."""
@@ -156,7 +158,7 @@ class Page:
         target = list(state["target"])
         target[i] = new
         state = {**state, "target": target}
-        return (f"swatch {i + 1} is now {new}", state, *self._view(state, selected=i), new, new)
+        return (f"swatch {i + 1} is now {new}", state, *self._view(state, selected=i))
 
     def _set_target(self, state: dict, target: Tensor, msg: str) -> tuple:
         state = {**state, "target": [ed.to_hex(c) for c in target]}
@@ -349,31 +351,32 @@ def build(page: Page) -> Any:
             after = _image("result", "result")
         download = gr.File(label="download (PNG at the photo's own size)", interactive=False, elem_id="download")
 
-        view = [quantized, recolor_img, swatches, swatch]
-        load_out = [status, state, source, *view, before, after]
-        upload.upload(_guarded(page.load_upload, 9), [upload, n, quantizer, state], load_out)
-        sample.input(_guarded(page.load_sample, 9), [sample, n, quantizer, state], load_out)
+        def on(event: Callable, fn: Callable, inputs: list, outputs: list, **kwargs: Any) -> None:
+            event(_guarded(fn, len(outputs)), inputs, outputs, **kwargs)
+
+        view = [quantized, recolor_img, swatches, swatch, picker, hex_box]
+        load_out = [status, state, source, *view, before, after, region_img]
+        on(upload.upload, page.load_upload, [upload, n, quantizer, state], load_out)
+        on(sample.input, page.load_sample, [sample, n, quantizer, state], load_out)
         palette_out = [status, state, *view]
-        n.submit(_guarded(page.requantize, 6), [n, quantizer, state], palette_out)
-        quantizer.input(_guarded(page.requantize, 6), [n, quantizer, state], palette_out)
-        swatch.input(_guarded(page.pick_swatch, 3), [swatch, state], [status, picker, hex_box])
-        swatch_out = [*palette_out, picker, hex_box]
-        picker.input(_guarded(page.set_swatch, 8), [swatch, picker, state], swatch_out)
-        set_btn.click(_guarded(page.set_swatch, 8), [swatch, hex_box, state], swatch_out)
-        hex_box.submit(_guarded(page.set_swatch, 8), [swatch, hex_box, state], swatch_out)
-        other.upload(_guarded(page.from_photo, 6), [other, score, state], palette_out)
-        cmap_btn.click(_guarded(page.from_colormap, 6), [cmap, state], palette_out)
-        shift_btn.click(_guarded(page.shift, 6), [hue, sat, val, state], palette_out)
-        reset_btn.click(_guarded(page.reset, 6), [state], palette_out)
+        on(n.submit, page.requantize, [n, quantizer, state], palette_out)
+        on(quantizer.input, page.requantize, [n, quantizer, state], palette_out)
+        on(swatch.input, page.pick_swatch, [swatch, state], [status, picker, hex_box])
+        on(picker.input, page.set_swatch, [swatch, picker, state], palette_out)
+        on(set_btn.click, page.set_swatch, [swatch, hex_box, state], palette_out)
+        on(hex_box.submit, page.set_swatch, [swatch, hex_box, state], palette_out)
+        on(other.upload, page.from_photo, [other, score, state], palette_out)
+        on(cmap_btn.click, page.from_colormap, [cmap, state], palette_out)
+        on(shift_btn.click, page.shift, [hue, sat, val, state], palette_out)
+        on(reset_btn.click, page.reset, [state], palette_out)
 
         region_in = [mode, grow, tol, region_color, state]
-        source.select(_guarded(page.click, 3), region_in, [status, state, region_img])
+        on(source.select, page.click, region_in, [status, state, region_img])
         for control in (mode, grow, tol, region_color):
-            control.input(_guarded(page.region, 3), region_in, [status, state, region_img])
+            on(control.input, page.region, region_in, [status, state, region_img])
 
         settings = [cue, sampler, steps, seed, start, guidance, post_l]
         results = [status, before, after, download]
-        render_btn.click(_guarded(page.render, 4), [*settings, state], results, concurrency_limit=1)
-        region_btn.click(_guarded(page.render_region, 4), [*region_in[:4], *settings, state], results,
-                         concurrency_limit=1)
+        on(render_btn.click, page.render, [*settings, state], results, concurrency_limit=1)
+        on(region_btn.click, page.render_region, [*region_in[:4], *settings, state], results, concurrency_limit=1)
     return demo
