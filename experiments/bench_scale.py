@@ -15,7 +15,9 @@ fraction of step time spent waiting for data from the real DequantDataModule (ex
 shipped photos) at 8 and 16 workers; sampling time per image of DequantModule.sample with 27-step super27 DDPM and
 20-step DPM-Solver++.
 
-GPU run (the one the results table is meant for; writes experiments/results/bench_scale_gpu.md):
+GPU run (the one the results table is meant for; writes experiments/results/bench_scale_gpu.md); with 2 or more GPUs
+visible it also runs train.py with trainer=ddp and trainer=fsdp (module.use_ema=false) on 2 GPUs for
+`--two-gpu-steps` (300) steps at 64x64 and loads the FSDP checkpoint on one device:
     .venv/bin/python experiments/bench_scale.py --device cuda --out experiments/results/bench_scale_gpu.md
 (to stay under a per-command time limit, run one model per call with `--models scratch_64` etc. and a separate
 `--out` each, or lower `--data-steps`; the data-wait runs are the longest part.)
@@ -319,6 +321,43 @@ def if_ii_like_size(cond: list[int]) -> tuple[float, float]:
     return sum(p.numel() for p in unet.parameters()) / 1e6, sum(p.numel() for p in cn.parameters()) / 1e6
 
 
+def two_gpu_runs(steps: int, folder: Path, log: Callable[[str], None]) -> list[str]:
+    """Table rows for 2-GPU DDP and FSDP runs of train.py (experiment=scratch_64, 64x64) of `steps` steps each: exit
+    status, wall time, steps reached, and whether each checkpoint loads on one device (CPU) and samples."""
+    import subprocess
+
+    from dequant.callbacks import load_checkpoint_data
+    from dequant.models.module import load_model
+
+    rows = []
+    runs = {"ddp": ["trainer=ddp"], "fsdp": ["trainer=fsdp", "module.use_ema=false"]}
+    for name, overrides in runs.items():
+        run_dir = folder / name
+        cmd = [sys.executable, "train.py", "experiment=scratch_64", *overrides, "trainer.devices=2",
+               f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "logger=csv",
+               f"callbacks.model_checkpoint.every_n_train_steps={steps}", "trainer.enable_progress_bar=false",
+               f"hydra.run.dir={run_dir}"]
+        log(f"two-GPU {name}: {' '.join(cmd[1:])}")
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        last = run_dir / "checkpoints" / "last.ckpt"
+        reached, loads = "-", "-"
+        if last.is_file():
+            reached = str(load_checkpoint_data(last)["global_step"])
+            try:
+                module = load_model(str(last), map_location="cpu").eval()
+                with torch.no_grad():
+                    module.sample(torch.rand(1, 7, 64, 64))  # the run's own sampler
+                loads = "yes"
+            except Exception as exc:  # noqa: BLE001 - reported in the table
+                loads = f"no: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:100]}"
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] if proc.returncode else []
+        note = f"exit {proc.returncode}" + (f": {tail[0][:120]}" if tail else "")
+        rows.append(f"| {name} | 2 | {steps} | {reached} | {wall:.0f} | {loads} | {note} |")
+    return rows
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when available; asking for CUDA without it is an error."""
     if name == "auto":
@@ -345,6 +384,8 @@ def main() -> None:
     parser.add_argument("--cpu-small", action="store_true", help="small stand-in models (implied on CPU)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
     parser.add_argument("--out", type=Path, help="markdown output (default experiments/results/bench_scale_<dev>.md)")
+    parser.add_argument("--two-gpu-steps", type=int, default=300,
+                        help="steps of the 2-GPU DDP and FSDP train.py runs (only with >= 2 GPUs; 0 skips them)")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -420,6 +461,9 @@ def main() -> None:
                     log(f"  sample {sampler} {prec}: {r['s_img']:.3f} s/image")
             if cuda:
                 torch.cuda.empty_cache()
+        two_gpu_rows: list[str] = []
+        if cuda and torch.cuda.device_count() >= 2 and args.two_gpu_steps > 0:
+            two_gpu_rows = two_gpu_runs(args.two_gpu_steps, Path(tmp) / "two_gpu", log)
 
     elapsed = time.perf_counter() - t_start
     cond_channels = list(OmegaConf.load(CONF / "model" / "controlnet.yaml").conditioning_channels)
@@ -483,8 +527,15 @@ def main() -> None:
         "|---|---|---|---:|---|---:|---:|---|",
         *sample_rows,
         "",
-        f"DDP scaling: not measured ({torch.cuda.device_count() if cuda else 0} GPU(s) visible; this script times "
-        "one device).",
+        "## Two-GPU training runs (train.py, experiment=scratch_64, 64x64)",
+        "",
+        *(["DDP (EMA on) and FSDP (module.use_ema=false: FSDP with the EMA is refused at startup) for "
+           f"{args.two_gpu_steps} steps each; each checkpoint is then loaded on the CPU and sampled with the "
+           "run's sampler (for FSDP: it loads without FSDP).", "",
+           "| strategy | GPUs | steps asked | steps reached | wall s | loads on one device | result |",
+           "|---|---:|---:|---:|---:|---|---|", *two_gpu_rows]
+          if two_gpu_rows else
+          [f"Not run: {torch.cuda.device_count() if cuda else 0} GPU(s) visible (needs 2) or --two-gpu-steps 0."]),
         "",
     ]
     text = "\n".join(lines)

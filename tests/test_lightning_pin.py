@@ -17,8 +17,8 @@ PINNED = (2, 6)  # major, minor
 def test_lightning_is_the_pinned_minor_version() -> None:
     version = tuple(int(part) for part in lightning.__version__.split(".")[:2])
     assert version == PINNED, (
-        f"lightning {lightning.__version__} is not the pinned {PINNED[0]}.{PINNED[1]}.x: re-check the internals this file tests "
-        "(callbacks.StepCheckpoint, callbacks.PreemptionCheckpoint, training.trainer_plugins), then move the pin "
+        f"lightning {lightning.__version__} is not the pinned {PINNED[0]}.{PINNED[1]}.x: re-check the internals "
+        "this file tests (callbacks.StepCheckpoint, callbacks.PreemptionCheckpoint, training.trainer_plugins), then move the pin "
         "in pyproject.toml and PINNED here")
 
 
