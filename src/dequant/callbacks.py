@@ -17,7 +17,6 @@ import os
 import pickle
 import re
 import signal
-import tempfile
 import threading
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -30,30 +29,17 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from dequant.atomic import PARTIAL_SUFFIX, atomic_path
+
 log = logging.getLogger(__name__)
 
 LAST_NAME = "last.ckpt"
-PARTIAL_SUFFIX = ".partial"
 # Keys every checkpoint that can resume training has (weights-only checkpoints lack `loops`).
 RESUME_KEYS = ("state_dict", "global_step", "loops")
 _STEP_RE = re.compile(r"step[=_-]?(\d+)")
 
 
 # ------------------------------------------------------------------------------------------------ writing
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX: the directory entry lives in the directory's own data)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some filesystems (and Windows) do not open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def nonfinite_entries(state_dict: dict[str, Any], limit: int = 5) -> list[str]:
@@ -93,20 +79,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if bad:
                 raise FloatingPointError(f"refusing to write checkpoint {path}: non-finite weights in {bad}; the "
                                          "checkpoints already on disk are left as they were")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared like any other output
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
 
 
 @rank_zero_only

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +40,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
+
+from dequant.data.resize import resize
 
 PROG = "dequant-edit"
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -243,17 +244,6 @@ def to_hex(color: Tensor | Sequence[float]) -> str:
     return "#" + "".join(f"{min(255, max(0, v)):02x}" for v in values)
 
 
-def resize(image: Tensor, height: int, width: int) -> Tensor:
-    """Resize `(3, H, W)` (bicubic; area averaging when shrinking by more than 2x), clipped to [0, 1]."""
-    h, w = image.shape[-2:]
-    if (h, w) == (height, width):
-        return image.clone()
-    hwc = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy(), dtype=np.float32)
-    interp = cv2.INTER_AREA if min(height / h, width / w) < 0.5 else cv2.INTER_CUBIC
-    out = np.clip(cv2.resize(hwc, (width, height), interpolation=interp), 0.0, 1.0).reshape(height, width, 3)
-    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
-
-
 def paste_region(photo: Tensor, rendered: Tensor, mask: Tensor, feather: float) -> Tensor:
     """`rendered` inside `mask` (H, W) bool, `photo` elsewhere, blended over a Gaussian edge of std `feather` px.
 
@@ -329,21 +319,13 @@ def palette_figure(source: Tensor, target: Tensor | None = None, mapping: Sequen
 
 def write_outputs(images: dict[Path, Tensor]) -> None:
     """Write every image under a temporary name first, then rename them all: an error leaves none behind."""
+    from functools import partial
+
+    from dequant.atomic import write_all
     from dequant.data.io import save_rgb
 
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for path, image in images.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-            os.close(fd)
-            staged.append((Path(tmp), path))
-            save_rgb(image, tmp)
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+    # save_rgb picks the format by suffix: the temporary names keep the target's.
+    write_all({path: partial(save_rgb, image) for path, image in images.items()})
 
 
 def _load_photo(path: str, name: str = "PHOTO") -> Tensor:
@@ -368,8 +350,9 @@ class _Model:
     """A loaded checkpoint with what the edits need from its training config."""
 
     def __init__(self, ckpt: str, device: str | None) -> None:
+        from dequant.color.hint import HINT_CHANNELS
         from dequant.evaluation.runner import build_matcher, build_quantizer, checkpoint_crop_size, checkpoint_cue
-        from dequant.export import read_dequant_config
+        from dequant.models.exported import read_dequant_config
         from dequant.models.module import load_model
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -387,8 +370,9 @@ class _Model:
         except Exception as err:  # noqa: BLE001 - a foreign checkpoint fails in torch, Hydra or diffusers
             raise ValueError(f"--ckpt {ckpt}: not a usable dequant model ({one_line(str(err), 300)})") from err
         channels = getattr(self.module.net, "hint_channels", None)
-        if channels != 7:
-            raise ValueError(f"--ckpt {ckpt}: the model takes {channels} hint channels, dequant-edit makes 7")
+        if channels != HINT_CHANNELS:
+            raise ValueError(f"--ckpt {ckpt}: the model takes {channels} hint channels, dequant-edit makes "
+                             f"{HINT_CHANNELS}")
         self.factor = downsampling_factor(self.module)
 
     def check_cue(self, cue: str | None) -> None:

@@ -251,11 +251,9 @@ def _lookup(metric: str, record: Mapping[str, Any]) -> float:
 
 
 def _write_record(record: Mapping[str, Any], run_dir: Path) -> Path:
-    path = run_dir / RECORD_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    from dequant.atomic import write_text
+
+    return write_text(run_dir / RECORD_FILE, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def _run_stages(cfg: DictConfig, options: SweepOptions, record: dict[str, Any], run_dir: Path) -> None:

@@ -37,16 +37,6 @@ log = logging.getLogger(__name__)
 WANDB_ID_FILE = "wandb_run_id.txt"
 
 
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys where two nested configs differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += _diff_keys(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [f"{prefix[:-1]} ({a!r} in the checkpoint, {b!r} now)"]
-
-
 def resolve_checkpoint(ckpt_path: str | None, run_dir: Path, checkpoint_dir: Path | None = None) -> str | None:
     """Turn `ckpt_path` (None, "last" or a path) into a checked file path.
 
@@ -95,7 +85,9 @@ def check_checkpoint_matches(ckpt: str, cfg: dict[str, Any]) -> None:
     saved = (state.get("dequant_config") or {}).get("module", {}).get("net")
     if saved is None:
         raise ValueError(f"ckpt_path: {ckpt} carries no dequant config: was it written by dequant?")
-    diffs = _diff_keys(saved, cfg["module"]["net"])
+    from dequant.models.module import config_differences
+
+    diffs = config_differences(saved, cfg["module"]["net"])
     if diffs:
         raise ValueError(f"ckpt_path: {ckpt} was trained with another model config; differing keys: "
                          + "; ".join(diffs))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -11,6 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from dequant.atomic import atomic_path
+from dequant.color.hint import COLOR, CUE, TEX_IND
 
 _LABEL_HEIGHT = 14
 _PAD = 2
@@ -24,9 +25,9 @@ def cue_to_rgb(cue: Tensor) -> Tensor:
 
 def hint_columns(hint: Tensor) -> dict[str, Tensor]:
     """Split a batch of 7-channel hints `(B, 7, H, W)` in [0, 1] into displayable RGB columns."""
-    color = hint[:, 0:3]
-    cue = hint[:, 3:5]
-    tex_ind = hint[:, 6:7]
+    color = hint[:, COLOR]
+    cue = hint[:, CUE]
+    tex_ind = hint[:, TEX_IND:TEX_IND + 1]
     # Where texture was dropped the cue shows its neutral value; tint it so a reader sees what the model got.
     cue_rgb = cue_to_rgb(cue).clone()
     cue_rgb[:, 0:1] = torch.where(tex_ind > 0.5, cue_rgb[:, 0:1], 0.35 + 0.3 * cue_rgb[:, 0:1])
@@ -83,14 +84,7 @@ def labelled_grid(columns: dict[str, Tensor], scale: int = 1, row_labels: list[s
 def save_png(image: Tensor, path: str | Path) -> Path:
     """Write a `(3, H, W)` image in [0, 1] as PNG atomically (temporary file, then rename); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = (image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(arr).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
     return path

@@ -40,6 +40,7 @@ from dequant.color.hint import fill_mask, hint
 from dequant.color.masks import SEGMENTERS, patch_mask
 from dequant.color.quantize import Quantizer
 from dequant.data.palette_sizes import PaletteSizeDistribution, WeightedPowerOfTwo
+from dequant.data.resize import resize_array, short_side_size
 
 SMALL_IMAGE_MODES = ("upscale", "pad")
 GRAY_METHODS = ("opencv", "lab_l", "mean")
@@ -52,25 +53,6 @@ def _check_prob(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
     return float(value)
-
-
-def _resize(chw: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a (3, H, W) float32 array: bicubic, or area averaging when shrinking by more than 2x; clipped."""
-    h, w = chw.shape[1:]
-    if (h, w) == (height, width):
-        return chw
-    shrink = min(height / h, width / w)
-    interp = cv2.INTER_AREA if shrink < 0.5 else cv2.INTER_CUBIC
-    # One call per channel on contiguous planes avoids an HWC transpose copy of the whole image.
-    out = np.stack([cv2.resize(plane, (width, height), interpolation=interp) for plane in chw])
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-def _scaled_size(h: int, w: int, short: int) -> tuple[int, int]:
-    """(H, W) rescaled so that the short side is exactly `short`, aspect ratio kept (long side rounded)."""
-    if h <= w:
-        return short, max(short, round(w * short / h))
-    return max(short, round(h * short / w)), short
 
 
 def _to_gray(chw: np.ndarray, method: str) -> np.ndarray:
@@ -203,18 +185,18 @@ class ExampleMaker:
         meta: dict[str, Any] = {"source_size": (h, w)}
 
         if self.max_short_side is not None and min(h, w) > self.max_short_side:
-            chw = _resize(chw, *_scaled_size(h, w, self.max_short_side))
+            chw = resize_array(chw, *short_side_size(h, w, self.max_short_side))
             h, w = chw.shape[1:]
         if min(h, w) < s:
             if self.small_image == "upscale":
-                chw = _resize(chw, *_scaled_size(h, w, s))
+                chw = resize_array(chw, *short_side_size(h, w, s))
             else:
                 ph, pw = max(s - h, 0), max(s - w, 0)
                 chw = np.pad(chw, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
             meta["short_side"] = s
         else:
             short = int(rng.integers(s, min(h, w) + 1))
-            chw = _resize(chw, *_scaled_size(h, w, short))
+            chw = resize_array(chw, *short_side_size(h, w, short))
             meta["short_side"] = short
         h, w = chw.shape[1:]
 

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from dequant.atomic import atomic_path, write_text
 from dequant.color._checks import check_image
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -225,23 +226,6 @@ def writable_folder(folder: str | os.PathLike, name: str, create: bool = True) -
     return p
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it over `path` in one step."""
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as err:
-        raise OSError(f"cannot write {path}: the folder {parent} cannot be created or written ({err})") from err
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 _SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF",
                  ".tiff": "TIFF"}
 
@@ -256,7 +240,8 @@ def save_rgb(image: Tensor, path: str | os.PathLike, quality: int = 95) -> Path:
     u8 = (x[0].detach().cpu().float() * 255.0).round().clamp(0, 255).to(torch.uint8)
     pil = Image.fromarray(u8.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
     options = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}
-    _atomic_write(p, lambda tmp: pil.save(tmp, format=fmt, **options))
+    with atomic_path(p) as tmp:
+        pil.save(tmp, format=fmt, **options)
     return p
 
 
@@ -310,7 +295,7 @@ def save_split(split: dict[str, Sequence[str | os.PathLike]], path: str | os.Pat
         raise ValueError(f"split must have the keys {list(SPLITS)}, missing {missing}")
     data = {k: [str(p) for p in split[k]] for k in SPLITS}
     p = Path(path)
-    _atomic_write(p, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+    write_text(p, json.dumps(data, indent=1) + "\n")
     return p
 
 

@@ -20,11 +20,11 @@ import io
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dequant.atomic import write_text
 from dequant.metrics import mean_sem
 
 KEYS = ("test", "setting", "method")
@@ -96,19 +96,6 @@ def csv_columns(aggregated: Sequence[Mapping[str, Any]]) -> list[str]:
     return [*KEYS, *(f"{m}_{s}" for m in metric_names(aggregated) for s in ("mean", "sem"))]
 
 
-def _atomic_text(text: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_csv(aggregated: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """Write aggregated rows as `metrics.csv` (atomically); missing metrics are empty cells."""
     buf = io.StringIO()
@@ -116,7 +103,7 @@ def write_csv(aggregated: Sequence[Mapping[str, Any]], path: str | os.PathLike) 
     writer.writeheader()
     for row in aggregated:
         writer.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-    return _atomic_text(buf.getvalue(), Path(path))
+    return write_text(Path(path), buf.getvalue())
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -281,7 +268,7 @@ def markdown(aggregated: Sequence[Mapping[str, Any]], title: str = "Evaluation",
 def write_markdown(aggregated: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "Evaluation",
                    notes: Sequence[str] = ()) -> Path:
     """Write `metrics.md` atomically."""
-    return _atomic_text(markdown(aggregated, title, notes), Path(path))
+    return write_text(Path(path), markdown(aggregated, title, notes))
 
 
 def compare_markdown(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
@@ -346,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     if args.output:
-        _atomic_text(text, Path(args.output))
+        write_text(Path(args.output), text)
     else:
         sys.stdout.write(text)
     return 0

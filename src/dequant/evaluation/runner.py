@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +37,7 @@ from dequant.color.edits import post_l
 from dequant.color.matching import match_palettes
 from dequant.color.quantize import Quantizer
 from dequant.data.io import writable_folder
+from dequant.data.resize import resize, short_side_size
 from dequant.evaluation import report
 from dequant.evaluation.tests import (T_SCORES, Case, build_case, case_metrics, image_rngs, parse_tests, settings,
                                       variant_name)
@@ -139,7 +138,7 @@ def held_out_paths(ckpt_path: str, dequant_config: Mapping[str, Any],
                    paths: Any = None) -> tuple[list[Path], list[int], str]:
     """(files, image ids, description) of the images to evaluate (see the module docstring, step 2)."""
     from dequant.data.io import list_images, load_split, split_paths
-    from dequant.export import SPLIT_FILE, run_folder
+    from dequant.models.exported import SPLIT_FILE, run_folder
 
     if paths is not None:
         files = list_images(_plain(paths))
@@ -167,16 +166,9 @@ def held_out_paths(ckpt_path: str, dequant_config: Mapping[str, Any],
 
 def prepare_image(image: Tensor, size: int) -> Tensor:
     """Resize `(3, H, W)` so its short side is `size` (area when shrinking > 2x, else bicubic) and center-crop."""
-    h, w = image.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    hwc = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy(), dtype=np.float32)
-    if (nh, nw) != (h, w):
-        interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_CUBIC
-        hwc = np.clip(cv2.resize(hwc, (nw, nh), interpolation=interp), 0.0, 1.0).reshape(nh, nw, 3)
+    nh, nw = short_side_size(*image.shape[-2:], size)
     top, left = (nh - size) // 2, (nw - size) // 2
-    crop = hwc[top:top + size, left:left + size]
-    return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))
+    return resize(image, nh, nw)[:, top:top + size, left:left + size].contiguous()
 
 
 def load_images(paths: Sequence[Path], size: int) -> Tensor:
@@ -266,7 +258,7 @@ def run_case(case: Case, module: Any, *, baselines: Sequence[Baseline], variants
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured tests; returns run_dir, the aggregated rows and the paths written (rank 0)."""
     from dequant import viz
-    from dequant.export import read_dequant_config
+    from dequant.models.exported import read_dequant_config
     from dequant.models.module import load_model
     from dequant.models.sampling import as_sampler_spec
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from dequant import metrics as M
 from dequant.color._checks import check_choice
+from dequant.color.hint import COLOR, HINT_CHANNELS
 from dequant.models.ema import EMA
 from dequant.models.formulations import Formulation, as_formulation, diffusion_targets
 from dequant.models.ranges import from_model_range, to_model_range
@@ -274,7 +275,7 @@ class DequantModule(L.LightningModule):
             "l1": M.l1(output, target),
             "psnr": M.psnr(output, target),
             # The model's own color input as a reference: is the model better than what it was given?
-            "psnr_input": M.psnr(hint01[:n, 0:3].cpu(), target),
+            "psnr_input": M.psnr(hint01[:n, COLOR].cpu(), target),
             "ssim": M.ssim(output, target),
             "texture_corr": M.texture_fidelity(output, target),
             "speckle": M.speckle(output, target),
@@ -283,7 +284,7 @@ class DequantModule(L.LightningModule):
         palette_rows = [i for i in range(n) if patch is None or not bool(patch[i])]
         if palette_rows:
             # Palette-mode hints carry the quantized image: its distinct colors are the requested palette.
-            pairs = [_palette_and_index(hint01[i, 0:3].cpu()) for i in palette_rows]
+            pairs = [_palette_and_index(hint01[i, COLOR].cpu()) for i in palette_rows]
             values["palette_de2000"] = M.palette_error_ciede(
                 output[palette_rows], torch.stack([ix for _, ix in pairs]), [p for p, _ in pairs]
             )
@@ -342,8 +343,9 @@ class DequantModule(L.LightningModule):
         `sampler` defaults to the module's; `steps`, `start_step` and `guidance` override the sampler's values.
         Each image's noise comes from (seed, its image id): ids default to 0..B-1.
         """
-        if not isinstance(hint, Tensor) or hint.ndim != 4 or hint.shape[1] != 7:
-            raise ValueError(f"hint must be a (B, 7, H, W) tensor, got {getattr(hint, 'shape', type(hint).__name__)}")
+        if not isinstance(hint, Tensor) or hint.ndim != 4 or hint.shape[1] != HINT_CHANNELS:
+            raise ValueError(f"hint must be a (B, {HINT_CHANNELS}, H, W) tensor, got "
+                             f"{getattr(hint, 'shape', type(hint).__name__)}")
         if not hint.is_floating_point() or float(hint.min()) < -1e-4 or float(hint.max()) > 1 + 1e-4:
             raise ValueError("hint must be a float tensor in [0, 1]")
         spec = self.sampler_spec if sampler is None else as_sampler_spec(sampler)
@@ -452,9 +454,11 @@ def load_model(
         raise ValueError(f"path {str(path)!r} does not exist")
     if path.is_dir():
         # A folder written by dequant-export (diffusers weights + dequant_config.json).
-        from dequant.export import load_exported
+        from dequant.models.exported import exported_node, load_exported_weights, read_dequant_config
 
-        return load_exported(path, map_location)
+        cfg = read_dequant_config(path)
+        module = build_module(cfg, f"path {str(path)!r}", exported_node(cfg, path))
+        return load_exported_weights(module, path, map_location)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated files and foreign pickles fail in many ways

@@ -18,8 +18,8 @@ from diffusers import ControlNetModel, UNet2DConditionModel, UNet2DModel
 from torch import Tensor, nn
 
 from dequant.color._checks import check_choice
+from dequant.color.hint import COLOR, HINT_CHANNELS
 
-HINT_CHANNELS = 7
 LOW_RES_INPUTS = ("color", "zeros")
 
 
@@ -327,7 +327,7 @@ class ControlNetUNet(nn.Module):
         """What the UNet's conv_in sees: the noisy image, plus the low-resolution image for 6-channel UNets."""
         if self.unet.config.in_channels == 3:
             return x_t
-        low = hint[:, 0:3].to(x_t.dtype) if self.low_res_input == "color" else torch.zeros_like(x_t)
+        low = hint[:, COLOR].to(x_t.dtype) if self.low_res_input == "color" else torch.zeros_like(x_t)
         return torch.cat([x_t, low], dim=1)
 
     def forward(self, x_t: Tensor, t: Tensor, hint: Tensor) -> Tensor:

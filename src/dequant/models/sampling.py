@@ -18,6 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from dequant.color._checks import check_choice
+from dequant.color.hint import COLOR
 
 # DeepFloyd IF's "super27" respacing (diffusers/pipelines/deepfloyd_if/timesteps.py), kept here because that module
 # is a pipeline internal that diffusers may move or drop between releases.
@@ -194,7 +195,7 @@ def sample_loop(
     if start_step == 0:
         x = noise * scheduler.init_noise_sigma
     else:
-        color = hint_model_range[:, 0:3] if color_model_range is None else color_model_range
+        color = hint_model_range[:, COLOR] if color_model_range is None else color_model_range
         if color.shape != (b, 3, h, w):
             raise ValueError(f"color_model_range must have shape {(b, 3, h, w)}, got {tuple(color.shape)}")
         x = scheduler.add_noise(color.to(dtype), noise, timesteps[:1].to(device))
