@@ -166,6 +166,8 @@ def test_sigkill_at_a_random_step_then_resume_matches_the_uninterrupted_run(refe
     proc = _launch(run, resume_log, "ckpt_path=last")
     assert proc.wait(timeout=300) == 0, resume_log.read_text()[-3000:]
     assert "Restored all states" in resume_log.read_text()
+    # The killed run's lock (its process is gone) is taken over: resuming needs nothing but ckpt_path=last.
+    assert "taking over the lock" in resume_log.read_text() and not (run / ".dequant.lock").exists()
     _assert_same_data_order(reference, run)
     _assert_same_training_state(reference / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt")
     files = sorted(p.name for p in (run / "checkpoints").iterdir())

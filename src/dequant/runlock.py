@@ -106,7 +106,8 @@ class RunLock:
                 reason = _stale_reason(holder, age) if holder else "its lock file is empty (a crash while locking)"
                 if reason is None:
                     raise RunFolderBusy(f"run folder {self.folder} is in use by another run ({_holder_text(holder)}); "
-                                        "wait for it to end, or choose another folder")
+                                        f"wait for it to end or choose another folder (if that run is gone, delete "
+                                        f"{self.path})")
                 log.warning("run folder %s: taking over the lock of %s: %s", self.folder,
                             _holder_text(holder) if holder else "an unknown run", reason)
                 self.path.unlink(missing_ok=True)
