@@ -26,6 +26,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from dequant.color.quantize import Quantized
+from dequant.edit import to_hex  # noqa: F401 - the page formats its hex codes with it
+
 # Uploads with more pixels than this are refused from the header, before any decoding.
 MAX_PIXELS = 20_000_000
 N_MIN, N_MAX = 2, 64
@@ -91,7 +94,7 @@ class Photo:
     name: str
     full: Tensor  # (3, H, W) uint8
     work: Tensor  # (3, h, w) float32 in [0, 1]
-    quantized: dict[tuple[int, str], object] = field(default_factory=dict)
+    quantized: dict[tuple[int, str], Quantized] = field(default_factory=dict)
 
     @property
     def full_float(self) -> Tensor:
@@ -161,14 +164,7 @@ def parse_color(text: object, name: str = "color") -> Tensor:
     raise AppError(f"{name}: {s!r} is not a color (expected a hex code like #c0392b)")
 
 
-def to_hex(color: Tensor) -> str:
-    """`(3,)` in [0, 1] -> '#rrggbb'."""
-    from dequant.edit import to_hex as _hex
-
-    return _hex(color)
-
-
-def quantize_photo(photo: Photo, n: int, quantizer: str) -> object:
+def quantize_photo(photo: Photo, n: int, quantizer: str) -> Quantized:
     """The working image quantized to `n` colors (cached per photo)."""
     from dequant.color.quantize import quantize
 
@@ -182,14 +178,14 @@ def quantize_photo(photo: Photo, n: int, quantizer: str) -> object:
     return photo.quantized[key]
 
 
-def recolored(q: object, target: Tensor) -> Tensor:
+def recolored(q: Quantized, target: Tensor) -> Tensor:
     """The quantized image with source color i shown as `target[i]`: the model's color input."""
     from dequant.color.matching import transfer
 
-    return transfer(q, target, torch.arange(q.n_colors)).image  # type: ignore[attr-defined]
+    return transfer(q, target, torch.arange(q.n_colors)).image
 
 
-def palette_from_photo(q: object, other: Tensor, quantizer: str, score: str) -> Tensor:
+def palette_from_photo(q: Quantized, other: Tensor, quantizer: str, score: str) -> Tensor:
     """Target colors (K, 3) for the source palette: `other` quantized alike, matched by `score`."""
     from dequant.color.matching import match_palettes
     from dequant.color.quantize import quantize
@@ -197,22 +193,21 @@ def palette_from_photo(q: object, other: Tensor, quantizer: str, score: str) -> 
     if score not in PHOTO_SCORES:
         raise AppError(f"score must be one of {list(PHOTO_SCORES)}, got {score!r}")
     method, space = QUANTIZERS[quantizer]
-    k = q.n_colors  # type: ignore[attr-defined]
-    oq = quantize(other, k, method=method, space=space)
-    mapping = match_palettes(q.palette, oq.palette, score=score, source_fractions=q.fractions,  # type: ignore
+    oq = quantize(other, q.n_colors, method=method, space=space)
+    mapping = match_palettes(q.palette, oq.palette, score=score, source_fractions=q.fractions,
                              target_fractions=oq.fractions)
     return oq.palette[mapping]
 
 
-def palette_from_colormap(q: object, name: str) -> Tensor:
+def palette_from_colormap(q: Quantized, name: str) -> Tensor:
     """Target colors (K, 3): K colors of a matplotlib colormap matched with the `cmap` score."""
     from dequant.color.matching import colormap_palette, match_palettes
 
     try:
-        cmap = colormap_palette(name, q.n_colors)  # type: ignore[attr-defined]
+        cmap = colormap_palette(name, q.n_colors)
     except ValueError:
         raise AppError(f"colormap {name!r} is not a matplotlib colormap") from None
-    mapping = match_palettes(q.palette, cmap, score="cmap", source_fractions=q.fractions)  # type: ignore
+    mapping = match_palettes(q.palette, cmap, score="cmap", source_fractions=q.fractions)
     return cmap[mapping]
 
 
@@ -228,7 +223,7 @@ def shift_palette(target: Tensor, hue: float, sat: float, val: float) -> Tensor:
 
 # --------------------------------------------------------------------------------------------- regions
 
-def region_mask(photo: Photo, q: object, x: int, y: int, mode: str, grow: int, tolerance: float) -> Tensor:
+def region_mask(photo: Photo, q: Quantized, x: int, y: int, mode: str, grow: int, tolerance: float) -> Tensor:
     """The region `(h, w)` bool a click at working-image pixel (x, y) selects."""
     from dequant.color.masks import mask_from_point
     from dequant.color.regions import color_region
@@ -238,8 +233,7 @@ def region_mask(photo: Photo, q: object, x: int, y: int, mode: str, grow: int, t
     try:
         if mode == "superpixel":
             return mask_from_point(photo.work, int(x), int(y))
-        return color_region(q.index, int(x), int(y), palette=q.palette, tolerance=float(tolerance),  # type: ignore
-                            grow=int(grow))
+        return color_region(q.index, int(x), int(y), palette=q.palette, tolerance=float(tolerance), grow=int(grow))
     except ValueError as err:
         raise AppError(f"region: {err}") from None
 
@@ -338,7 +332,7 @@ class Renderer:
         """The checkpoint's texture cue of `image`."""
         return self.model.cue(image)
 
-    def transfer(self, photo: Photo, q: object, target: Tensor, n: int, opts: RenderOptions,
+    def transfer(self, photo: Photo, q: Quantized, target: Tensor, n: int, opts: RenderOptions,
                  progress: Callable[[float], None] | None = None) -> Tensor:
         """The photo rendered in the `target` palette, at the photo's own size (`dequant-edit transfer`)."""
         from dequant.color.edits import post_l
