@@ -28,12 +28,13 @@ HELD_OUT := [$${dq.assets:heldout_photos},$${dq.assets:images}/coffee.jpg,$${dq.
 
 # Train the small model on the shipped photos (resumes if interrupted), evaluate it on the held-out photos
 # (all five tests, with the checkpoint's own sampler; every baseline but optimal transport, whose exact solver takes
-# longer than the rest of the evaluation: drop baselines.ot=null to add it), write pictures to outputs/demo/.
+# longer than the rest of the evaluation: drop baselines.ot=null to add it), write pictures to outputs/demo/ and the
+# README's two small pictures to docs/images/.
 demo: install
 	$(BIN)/python train.py experiment=demo hydra.run.dir=$(DEMO_DIR)/train ckpt_path=last
 	$(BIN)/python evaluate.py ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt tests=rhtpm \
 		'data.paths=$(HELD_OUT)' data.image_size=64 baselines.ot=null hydra.run.dir=$(DEMO_DIR)/evaluate
-	$(BIN)/python -m dequant.demo --run $(DEMO_DIR)/train --out $(DEMO_DIR)
+	$(BIN)/python -m dequant.demo --run $(DEMO_DIR)/train --out $(DEMO_DIR) --docs docs/images
 
 # A real ablation on the CPU (~20 min): the four texture cues (T, G, L, none), each the demo's recipe (bridge
 # formulation, small_conv) trained 300 steps and evaluated on the reconstruction test on the held-out photos; prints

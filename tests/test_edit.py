@@ -210,11 +210,19 @@ def test_post_l_takes_the_photos_lightness(tiny_ckpt, tiny_photos, tmp_path, cap
 def test_demo_figure_from_a_trained_run(tiny_run, tmp_path, capsys) -> None:
     from dequant.demo import main as demo_main
 
-    assert demo_main(["--run", str(tiny_run), "--out", str(tmp_path), "-n", "4"]) == 0
+    docs = tmp_path / "docs"
+    assert demo_main(["--run", str(tiny_run), "--out", str(tmp_path), "-n", "4", "--docs", str(docs)]) == 0
     figure = load_rgb(tmp_path / "palette_transfer.png")
     assert figure.shape[-2] > 160 and figure.shape[-1] > 4 * 100  # four labelled columns
-    for name in ("palette_transfer_output.png", "palette_transfer_output.hint.png", "validation_grid.png"):
+    row = load_rgb(tmp_path / "dequantization.png")
+    assert row.shape[-2] > 160 and row.shape[-1] > 7 * 100  # N=4, 16, 64 inputs and outputs, and the photo
+    for name in ("palette_transfer_output.png", "palette_transfer_output.hint.png", "validation_grid.png",
+                 "dequantization_N16.png", "dequantization_N16.hint.png"):
         assert (tmp_path / name).is_file(), name
+    # The README's copies: the same pictures, 120 pixels high.
+    for name, full in (("palette_transfer.png", figure), ("dequantization.png", row)):
+        small = load_rgb(docs / name)
+        assert small.shape[-2] == 120 and abs(small.shape[-1] - full.shape[-1] * 120 / full.shape[-2]) <= 1
 
 
 def test_edit_from_an_exported_folder(tiny_export, tiny_photos, tmp_path, capsys) -> None:
