@@ -135,7 +135,9 @@ def test_bad_input_shows_a_message_and_changes_nothing(page: Page, tiny_photos: 
         out = _guarded(fn, n_out)(*args)
         assert expected in out[0], (expected, out[0])
         assert len(out) == n_out and all(o == gr.update() for o in out[1:])
-    assert "swatch 1 is now #123456" in page.set_swatch("1. #000000", "#123456", state)[0]
+    state = page.set_swatch("1. #000000", "#123456", state)[1]
+    assert page.requantize(6, "median cut", state)[1]["target"][0] == "#123456", "same N: the edits stay"
+    assert page.requantize(7, "median cut", state)[1]["target"][0] != "#123456", "new N: a new palette"
 
 
 def test_render_is_at_the_photos_own_size_and_downloadable(page: Page, tiny_photos: list[Path]) -> None:

@@ -125,10 +125,15 @@ class Page:
         return (msg, state, _u8(photo.work), *self._view(state), None, None, None)
 
     def requantize(self, n: Any, quantizer: str, state: dict) -> tuple:
-        """The same photo with another N or quantizer (the palette edits start over)."""
+        """The same photo with another N or quantizer (the palette edits start over; kept when neither changed,
+        as when the N box merely loses focus)."""
         n = ed.parse_n(n)
-        state = {**state, "n": n, "quantizer": quantizer, "click": None}
         photo = self.store.get(state.get("photo"))
+        if quantizer not in ed.QUANTIZERS:
+            raise ed.AppError(f"quantizer must be one of {list(ed.QUANTIZERS)}, got {quantizer!r}")
+        if (state.get("n"), state.get("quantizer")) == (n, quantizer):
+            return ("", state, *self._view(state))
+        state = {**state, "n": n, "quantizer": quantizer, "click": None}
         q = ed.quantize_photo(photo, n, quantizer)
         state["target"] = [ed.to_hex(c) for c in q.palette]
         return (f"{q.n_colors} colors", state, *self._view(state))
@@ -360,6 +365,7 @@ def build(page: Page) -> Any:
         on(sample.input, page.load_sample, [sample, n, quantizer, state], load_out)
         palette_out = [status, state, *view]
         on(n.submit, page.requantize, [n, quantizer, state], palette_out)
+        on(n.blur, page.requantize, [n, quantizer, state], palette_out)
         on(quantizer.input, page.requantize, [n, quantizer, state], palette_out)
         on(swatch.input, page.pick_swatch, [swatch, state], [status, picker, hex_box])
         on(picker.input, page.set_swatch, [swatch, picker, state], palette_out)
