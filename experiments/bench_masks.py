@@ -1,8 +1,13 @@
 """Time the mask, cue and hint stages of example making on one CPU thread; writes experiments/results/bench_masks.md.
 
-Usage: python experiments/bench_masks.py [--sizes 64 256] [--repeats 3]
+Usage: python experiments/bench_masks.py [--sizes 64 256] [--repeats 3] [--examples 64]
 Each number is the median over the bundled photos (center-cropped and resized) of the best of `repeats` calls, in
 milliseconds per call for one (3, S, S) image.
+
+The second part compares the two sources of superpixel masks of ExampleMaker (`segment_source`): segmenting each
+crop at full resolution, and cutting the crop out of the cached full-resolution segmentation of the whole source
+image at the nearest scale bucket. Both see the same crops (same seeds) and grow masks with the same draws; the
+tables give the segment count per crop and the mask's pixel fraction (mean and histogram) for each segmenter.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import dequant
 from dequant.color import masks
 from dequant.color.cues import texture_cue
 from dequant.color.hint import fill_mask, hint
+from dequant.data.examples import ExampleMaker
+from dequant.data.io import load_rgb
 
 ASSETS = Path(dequant.__file__).parent / "assets" / "images"
 RESULTS = Path(__file__).parent / "results" / "bench_masks.md"
@@ -101,14 +108,77 @@ def bench(sizes: list[int], repeats: int) -> str:
     return "\n".join(lines)
 
 
+def mask_statistics(size: int, n_examples: int) -> tuple[str, dict[str, float]]:
+    """Segment counts and mask fractions per crop, crop-segmented vs cut from the cached image segmentation."""
+    paths = sorted(ASSETS.glob("*.jpg"))
+    maker = ExampleMaker(crop_size=size, segment_source="image")
+    images = [load_rgb(p) for p in paths]
+    caches: list[dict] = [{} for _ in paths]
+    stats = {m: {"crop": ([], []), "image": ([], [])} for m in masks.SEGMENTERS}
+    seconds = {"crop": 0.0, "image": 0.0}
+    for k in range(n_examples):
+        i = k % len(paths)
+        target, meta, source = maker._augment(images[i], np.random.default_rng([7, k]))
+        rgb = masks._to_hwc(target)
+        for m in masks.SEGMENTERS:
+            start = time.perf_counter()
+            crop_labels = masks._segment_np(rgb, m)
+            seconds["crop"] += time.perf_counter() - start
+            start = time.perf_counter()
+            image_labels = maker._labels(m, meta, source, caches[i])
+            seconds["image"] += time.perf_counter() - start
+            for name, labels in (("crop", crop_labels), ("image", image_labels)):
+                grown = masks._grow_region(labels, np.random.default_rng([8, k]), maker.mask_frac)
+                stats[m][name][0].append(int(labels.max()) + 1)
+                stats[m][name][1].append(float(grown.mean()))
+    frac_bins = [0, 0.01, 0.02, 0.05, 0.1, 0.2, 1.0]
+    lines = [f"### {size}x{size} crops, {n_examples} crops of the {len(paths)} bundled photos, every segmenter",
+             "", "| segmenter | segments: crop | segments: image | change | mask fraction: crop | image | change |",
+             "|---|---|---|---|---|---|---|"]
+    summary: dict[str, float] = {}
+    for m in masks.SEGMENTERS:
+        (cc, cf), (ic, if_) = stats[m]["crop"], stats[m]["image"]
+        dc, df = np.mean(ic) / np.mean(cc) - 1, np.mean(if_) / np.mean(cf) - 1
+        summary[m] = max(abs(dc), abs(df))
+        lines.append(f"| {m} | {np.mean(cc):.1f} | {np.mean(ic):.1f} | {100 * dc:+.1f}% | {np.mean(cf):.4f} | "
+                     f"{np.mean(if_):.4f} | {100 * df:+.1f}% |")
+    lines += ["", "Mask-fraction histogram (share of masks per bin, all segmenters together):", "",
+              "| fraction bin | crop | image |", "|---|---|---|"]
+    all_c = np.concatenate([stats[m]["crop"][1] for m in masks.SEGMENTERS])
+    all_i = np.concatenate([stats[m]["image"][1] for m in masks.SEGMENTERS])
+    hc, _ = np.histogram(all_c, frac_bins)
+    hi, _ = np.histogram(all_i, frac_bins)
+    for lo, hi_edge, a, b in zip(frac_bins[:-1], frac_bins[1:], hc / hc.sum(), hi / hi.sum()):
+        lines.append(f"| [{lo:g}, {hi_edge:g}) | {a:.3f} | {b:.3f} |")
+    count_bins = [1, 25, 50, 100, 200, 300, 500, 10**6]
+    lines += ["", "Segment-count histogram (share of crops per bin, all segmenters together):", "",
+              "| segments per crop | crop | image |", "|---|---|---|"]
+    cnt_c = np.concatenate([stats[m]["crop"][0] for m in masks.SEGMENTERS])
+    cnt_i = np.concatenate([stats[m]["image"][0] for m in masks.SEGMENTERS])
+    hc, _ = np.histogram(cnt_c, count_bins)
+    hi, _ = np.histogram(cnt_i, count_bins)
+    for lo, hi_edge, a, b in zip(count_bins[:-1], count_bins[1:], hc / hc.sum(), hi / hi.sum()):
+        lines.append(f"| [{lo}, {hi_edge if hi_edge < 10**6 else 'inf'}) | {a:.3f} | {b:.3f} |")
+    per = 1000 * seconds["crop"] / (n_examples * 4), 1000 * seconds["image"] / (n_examples * 4)
+    lines += ["", f"Time per mask's labels: crop {per[0]:.1f} ms, image {per[1]:.1f} ms (cache filled on first use "
+              f"of each photo, scale bucket and segmenter; {sum(len(c) for c in caches)} segmentations cached)."]
+    return "\n".join(lines), summary
+
+
 def main() -> None:
     """Run the benchmark and write the markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--examples", type=int, default=64, help="crops per size for the mask statistics")
     args = parser.parse_args()
     torch.set_num_threads(1)
     table = bench(args.sizes, args.repeats)
+    parts = ["", "## Masks cut from the cached image segmentation vs segmenting each crop", ""]
+    for size in args.sizes:
+        text, _ = mask_statistics(size, args.examples)
+        parts += [text, ""]
+    table += "\n" + "\n".join(parts)
     info = (f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, one thread; "
             f"{len(list(ASSETS.glob('*.jpg')))} bundled photos, best of {args.repeats} calls, median over photos.")
     text = f"# Mask, cue and hint timings (ms per call, one image)\n\n{info}\n\n{table}\n"

@@ -182,3 +182,30 @@ def test_downscaled_segmentation_stays_connected_and_full_size(method):
     assert mask.shape == (48, 40) and mask.any()
     with pytest.raises(ValueError, match="max_side"):
         segment(image, method, max_side=2)
+
+
+def test_cut_labels_keeps_segments_at_least_half_inside():
+    labels = np.zeros((8, 12), dtype=np.int32)
+    labels[:, 4:8] = 1
+    labels[:, 8:] = 2
+    rows, cols = np.arange(8), np.arange(3, 10)  # column 3 of segment 0 (1/4 of it), all of 1, half of 2
+    areas = np.bincount(labels.ravel()).astype(float)
+    cut = masks.cut_labels(labels, rows, cols, areas)
+    assert cut.shape == (8, 7)
+    # Segment 0's sliver joins segment 1; segments 1 and 2 stay apart.
+    assert len(np.unique(cut)) == 2 and cut[0, 0] == cut[0, 1] and cut[0, 1] != cut[0, 6]
+    # Without areas every part is a segment.
+    assert len(np.unique(masks.cut_labels(labels, rows, cols))) == 3
+    # A region inside one segment is one segment.
+    assert np.unique(masks.cut_labels(labels, rows, np.arange(5, 7), areas)).tolist() == [0]
+
+
+def test_segment_image_density_matches_region():
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(0.5, 0.2, size=(64, 64, 3)), 0, 1)
+    whole = masks.segment_image(image, "slic", 32 * 32)
+    # Four crop-sized regions: about 4 x 250 requested, far more than segmenting at the whole image's density.
+    once = masks.segment_image(image, "slic", 64 * 64)
+    assert whole.dtype == np.int32 and int(whole.max()) + 1 > 2 * (int(once.max()) + 1)
+    with pytest.raises(ValueError, match="region_area"):
+        masks.segment_image(image, "slic", 0)

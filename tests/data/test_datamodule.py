@@ -237,3 +237,42 @@ def test_lightning_trainer_sets_the_epoch(folder):
     dm_ref = _dm(str(folder))
     dm_ref.setup()
     assert torch.equal(epochs[1], _cat(_epoch(dm_ref, 1), "target"))
+
+
+def _cached_dm(paths, **kwargs) -> DequantDataModule:
+    """Patch-mode examples whose superpixels come from the cached segmentation of the whole source image."""
+    example = ExampleMaker(crop_size=CROP, palette_sizes=FixedPaletteSize(4), p_patch=1.0, p_superpixel=1.0,
+                           segmenters=("slic", "felzenszwalb"), segment_source="image", segment_max_side=None)
+    kwargs = {"batch_size": 4, "num_workers": 0, "n_val": 2, "n_test": 1, **kwargs}
+    return DequantDataModule(paths, example, **kwargs)
+
+
+def test_segment_cache_resume_gives_the_same_batches(folder):
+    # A run that resumes mid-epoch with cold caches gets the batches the uninterrupted run (warm caches) got.
+    dm = _cached_dm(str(folder))
+    dm.setup()
+    _epoch(dm, 0)  # warms the caches
+    whole = _epoch(dm, 1)
+    assert any(len(c) for c in dm._train.source._segments.values()), "the cache must be used"
+    loader = dm.train_dataloader()
+    _set_sampler_epoch(loader, 1)
+    state = dm.state_dict()
+    state["sampler"]["start"] = 4  # one batch consumed
+    resumed = _cached_dm(str(folder))
+    resumed.setup()
+    resumed.load_state_dict(state)
+    rest = _epoch(resumed, 1)
+    for key in ("hint", "target", "mask"):
+        assert torch.equal(_cat(rest, key), _cat(whole[1:], key))
+
+
+def test_segment_cache_warm_or_cold_same_examples(folder):
+    warm = _cached_dm(str(folder))
+    warm.setup()
+    _epoch(warm, 0)
+    cold = _cached_dm(str(folder), cache_images=False)  # no image cache: nothing is kept, every mask segments
+    cold.setup()
+    assert not cold._train.source._segments
+    for key in ("hint", "target", "mask"):
+        assert torch.equal(_cat(_epoch(warm, 2), key), _cat(_epoch(cold, 2), key))
+    assert not cold._train.source._segments

@@ -232,3 +232,52 @@ def test_argument_validation(photo):
         maker(photo[:2], np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         maker(photo * 2, np.random.default_rng(0))
+
+
+# ------------------------------------------------------------------------------------ cached image segmentation
+
+
+@pytest.mark.parametrize("small_image", ["upscale", "pad"])
+def test_image_segmentation_same_with_warm_cold_or_no_cache(photo, small_image):
+    maker = _maker(p_patch=1.0, p_superpixel=1.0, segment_source="image", segment_max_side=None,
+                   small_image=small_image, segmenters=("felzenszwalb", "slic", "watershed"))
+    cache: dict = {}
+    tiny = photo[:, :20, :28].contiguous()  # smaller than the crop: the upscale / pad path
+    for seed in range(6):
+        for image in (photo, tiny):
+            cold = maker(image, np.random.default_rng(seed))
+            filled = maker(image, np.random.default_rng(seed), segment_cache=cache)
+            warm = maker(image, np.random.default_rng(seed), segment_cache=cache)
+            for key in ("hint", "target", "mask"):
+                assert torch.equal(cold[key], filled[key]) and torch.equal(cold[key], warm[key])
+            mask = cold["mask"]
+            assert mask.any() and not mask.all()
+    assert cache and all(labels.dtype == np.int32 for labels, _ in cache.values())
+
+
+def test_image_segmentation_buckets_cover_the_scales(photo):
+    maker = _maker(segment_source="image")
+    step = maker.segment_scale_step
+    for short in range(32, 46):
+        b = maker.bucket(short, 45)
+        assert 32 <= b <= 45
+        assert abs(np.log(short / b)) <= np.log(step) / 2 + 0.03 or b == 45
+    with pytest.raises(ValueError, match="segment_source"):
+        _maker(segment_source="tile")
+    with pytest.raises(ValueError, match="segment_scale_step"):
+        _maker(segment_scale_step=1.0)
+
+
+def test_image_segmentation_mask_follows_crop_and_flip(photo):
+    # The mask's labels are cut from the source's segmentation at the crop's place: the same crop flipped gives
+    # the mirrored labels.
+    maker = _maker(segment_source="image")
+    meta = {"small": False, "short_side": 45, "scaled_size": (45, 68), "crop": (5, 20), "flip": False}
+    source = photo.numpy()
+    cache: dict = {}
+    plain = maker._labels("slic", meta, source, cache)
+    flipped = maker._labels("slic", {**meta, "flip": True}, source, cache)
+    assert plain.shape == (32, 32) and len(cache) == 1
+    # Same partition mirrored (numbering may differ).
+    a, b = plain[:, ::-1].ravel(), flipped.ravel()
+    assert len(set(zip(a.tolist(), b.tolist()))) == len(np.unique(a)) == len(np.unique(b))

@@ -28,14 +28,26 @@ from dequant.color._checks import check_choice, check_image
 SEGMENTERS: tuple[str, ...] = ("felzenszwalb", "slic", "quickshift", "watershed")
 
 
-def _watershed(image: np.ndarray) -> np.ndarray:
-    return segmentation.watershed(filters.sobel(skcolor.rgb2gray(image)), markers=250, compactness=0.001)
+# SLIC and watershed ask for a number of segments per image (250, the authors'). Segmenting a whole image for crops
+# of a smaller area, that number is scaled by the area ratio so that a crop-sized region gets about 250 segments,
+# as segmenting the crop alone does; Felzenszwalb and quickshift are local and need no scaling.
+_PER_IMAGE_SEGMENTS = 250
 
 
-_SEGMENT_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "felzenszwalb": lambda im: segmentation.felzenszwalb(im, scale=100, sigma=0.5, min_size=50),
-    "slic": lambda im: segmentation.slic(im, n_segments=250, compactness=10, sigma=1, start_label=0),
-    "quickshift": lambda im: segmentation.quickshift(im, kernel_size=3, max_dist=6, ratio=0.5),
+def _watershed(image: np.ndarray, area_ratio: float = 1.0) -> np.ndarray:
+    markers = max(1, round(_PER_IMAGE_SEGMENTS * area_ratio))
+    return segmentation.watershed(filters.sobel(skcolor.rgb2gray(image)), markers=markers, compactness=0.001)
+
+
+def _slic(image: np.ndarray, area_ratio: float = 1.0) -> np.ndarray:
+    n_segments = max(1, round(_PER_IMAGE_SEGMENTS * area_ratio))
+    return segmentation.slic(image, n_segments=n_segments, compactness=10, sigma=1, start_label=0)
+
+
+_SEGMENT_FNS: dict[str, Callable[..., np.ndarray]] = {
+    "felzenszwalb": lambda im, area_ratio=1.0: segmentation.felzenszwalb(im, scale=100, sigma=0.5, min_size=50),
+    "slic": _slic,
+    "quickshift": lambda im, area_ratio=1.0: segmentation.quickshift(im, kernel_size=3, max_dist=6, ratio=0.5),
     "watershed": _watershed,
 }
 
@@ -78,6 +90,13 @@ def _connected_segments(raw: np.ndarray) -> np.ndarray:
     largest[1:] = owner[order[1:]] != owner[order[:-1]]
     is_main = np.zeros(n, dtype=bool)
     is_main[order[largest]] = True
+    return _merge_into_neighbours(pieces, is_main)
+
+
+def _merge_into_neighbours(pieces: np.ndarray, is_main: np.ndarray) -> np.ndarray:
+    """Renumber 4-connected `pieces` into segments 0..K-1: every piece that is not main joins the neighbouring
+    piece it shares the longest border with (chains of such pieces end up in one segment)."""
+    n = is_main.size
     if is_main.all():
         return pieces
     a, b = _boundary_pairs(pieces)
@@ -121,6 +140,44 @@ def segment(image: Tensor, method: str, max_side: int | None = None) -> Tensor:
     check_choice(method, SEGMENTERS, "method")
     _check_max_side(max_side)
     return torch.from_numpy(_segment_np(_to_hwc(image), method, max_side))
+
+
+def segment_image(rgb: np.ndarray, method: str, region_area: int) -> np.ndarray:
+    """4-connected segment labels `(H, W)` int32 of a whole `(H, W, 3)` float image in [0, 1], at the density that
+    segmenting one region of `region_area` pixels would have (SLIC and watershed counts scaled by the area ratio)."""
+    check_choice(method, SEGMENTERS, "method")
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ValueError(f"rgb must be an (H, W, 3) array, got {getattr(rgb, 'shape', rgb)!r}")
+    if isinstance(region_area, bool) or not isinstance(region_area, numbers.Integral) or region_area < 1:
+        raise ValueError(f"region_area must be a positive int, got {region_area!r}")
+    ratio = rgb.shape[0] * rgb.shape[1] / int(region_area)
+    return _connected_segments(_SEGMENT_FNS[method](rgb.astype(np.float64, copy=False), ratio)).astype(np.int32)
+
+
+def cut_labels(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray, areas: np.ndarray | None = None) -> np.ndarray:
+    """The labels at `rows` x `cols` of a label map, renumbered into 4-connected segments 0..K-1.
+
+    A segment cut by the region's border keeps its part only when at least half of the segment (`areas`: each
+    label's area in region pixels; None: every part is kept) lies inside, so a region counts about as many segments
+    as segmenting it alone gives; smaller parts, and pieces split off by the cut or by resampling, join the
+    neighbour they share the longest border with.
+    """
+    raw = labels[np.ix_(rows, cols)]
+    pieces = _pieces(raw)
+    n = int(pieces.max()) + 1
+    sizes = np.bincount(pieces.ravel(), minlength=n)
+    owner = np.empty(n, dtype=np.int64)
+    owner[pieces.ravel()] = raw.ravel()
+    order = np.lexsort((-sizes, owner))
+    largest = np.ones(n, dtype=bool)
+    largest[1:] = owner[order[1:]] != owner[order[:-1]]
+    is_main = np.zeros(n, dtype=bool)
+    is_main[order[largest]] = True
+    if areas is not None:
+        is_main &= sizes >= 0.5 * areas[owner]
+        if not is_main.any():  # the region lies inside one segment (or a few big ones): keep the largest part
+            is_main[np.argmax(sizes)] = True
+    return _merge_into_neighbours(pieces, is_main)
 
 
 def adjacency(labels: np.ndarray, n_labels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -197,10 +254,13 @@ def patch_mask(
     segmenters: Sequence[str] = SEGMENTERS,
     frac_range: tuple[float, float] = (0.01, 0.15),
     segment_max_side: int | None = None,
+    labels: Callable[[str], np.ndarray] | None = None,
 ) -> Tensor:
     """A random non-empty patch mask `(H, W)` bool: grown superpixels, or palette-index components (SPEC 1.5).
 
-    `segment_max_side` runs the segmenter on a copy downscaled to that longest side (see `segment`).
+    `segment_max_side` runs the segmenter on a copy downscaled to that longest side (see `segment`). `labels`, if
+    given, returns the `(H, W)` 4-connected segments for a segmenter name instead of segmenting `image` (e.g. cut
+    out of a segmentation of the whole source image, `cut_labels`); the random draws are the same either way.
     """
     rgb = _to_hwc(image)
     h, w = rgb.shape[:2]
@@ -219,8 +279,13 @@ def patch_mask(
 
     if idx is None or rng.random() < p_superpixel:
         method = segmenters[int(rng.integers(len(segmenters)))]
-        labels = _segment_np(rgb, method, segment_max_side)
-        mask = _grow_region(labels, rng, (float(frac_range[0]), float(frac_range[1])))
+        if labels is None:
+            segments = _segment_np(rgb, method, segment_max_side)
+        else:
+            segments = np.asarray(labels(method))
+            if segments.shape != (h, w):
+                raise ValueError(f"labels({method!r}) has shape {segments.shape}, the image has size {(h, w)}")
+        mask = _grow_region(segments, rng, (float(frac_range[0]), float(frac_range[1])))
     else:
         mask = _component_mask(idx, rng)
     return torch.from_numpy(mask)

@@ -71,13 +71,21 @@ class _ImageSource:
         self.split = split
         self._cached: dict[int, Tensor] = {}
         self._cached_bytes = 0
+        # Segmentations of each cached image (ExampleMaker's segment_cache), kept beside the decoded image.
+        self._segments: dict[int, dict[Any, np.ndarray]] = {}
         self._bad: dict[int, str] = {}  # position -> why it cannot be loaded
 
     def __getstate__(self) -> dict[str, Any]:
         # Workers start with their own (empty) cache rather than a pickled copy of the main process's one.
         state = self.__dict__.copy()
-        state["_cached"], state["_cached_bytes"] = {}, 0
+        state["_cached"], state["_cached_bytes"], state["_segments"] = {}, 0, {}
         return state
+
+    def segments(self, i: int) -> dict[Any, np.ndarray] | None:
+        """The segmentation cache of cached image i (None when the image is not cached: nothing is kept)."""
+        if i not in self._cached:
+            return None
+        return self._segments.setdefault(i, {})
 
     def _load(self, i: int) -> Tensor:
         if i in self._cached:
@@ -122,7 +130,8 @@ class TrainDataset(Dataset):
         k, epoch, i = (key, 0, key % len(self)) if isinstance(key, (int, np.integer)) else key
         used, image = self.source.get(int(i))
         rng = np.random.default_rng([self.seed, int(epoch), int(k)])
-        return _as_batch_item(self.example(image, rng), self.image_ids[used])
+        return _as_batch_item(self.example(image, rng, segment_cache=self.source.segments(used)),
+                              self.image_ids[used])
 
 
 class FixedExamples(Dataset):
@@ -147,7 +156,8 @@ class FixedExamples(Dataset):
         i, j = divmod(int(index), self.per_image)
         used, image = self.source.get(i)
         rng = np.random.default_rng([self.split_seed, self.tag, i, j])
-        return _as_batch_item(self.example(image, rng, eval_mode=False), self.image_ids[used])
+        return _as_batch_item(self.example(image, rng, eval_mode=False, segment_cache=self.source.segments(used)),
+                              self.image_ids[used])
 
 
 def _as_batch_item(ex: dict[str, Any], image_id: int) -> dict[str, Tensor]:

@@ -16,14 +16,22 @@ Pipeline of `ExampleMaker.__call__`, every random choice drawn from the caller's
    patch mode with probability `p_patch`: a mask from `dequant.color.masks.patch_mask` (superpixels with
    `p_superpixel`, else components of the N-color index map), filled with the mask's per-channel mean (training) or
    a uniformly random color (`eval_mode=True`); texture always given outside the mask, dropped inside with
-   `cue.p_drop`;
+   `cue.p_drop`. Superpixels come from segmenting the crop (`segment_source="crop"`, optionally on a copy
+   downscaled to `segment_max_side`) or from the whole source image (`"image"`): segmented at full resolution
+   once per scale bucket (short sides crop * segment_scale_step^i, the one nearest the drawn short side in log
+   scale), kept in the caller's `segment_cache` beside the decoded image, and the crop's labels cut out
+   (nearest-neighbour, flipped with the crop). What differs from segmenting the crop: segments are cut by the crop
+   border, come from the color source (not the gray/saturation-augmented target) and from a scale within
+   segment_scale_step^(1/2) of the example's; SLIC and watershed segment counts are scaled to the image's area so a
+   crop-sized region gets as many segments as the crop would (experiments/results/bench_masks.md measures it);
 6. texture cue of the target, and the 7-channel hint from `dequant.color.hint.hint`.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from contextlib import contextmanager
 from numbers import Integral, Real
 from typing import Any
@@ -37,12 +45,13 @@ from dequant.color._checks import check_choice, check_image
 from dequant.color.colorspace import rgb_to_lab
 from dequant.color.cues import TextureCue
 from dequant.color.hint import fill_mask, hint
-from dequant.color.masks import SEGMENTERS, patch_mask
+from dequant.color.masks import SEGMENTERS, cut_labels, patch_mask, segment_image
 from dequant.color.quantize import Quantizer
 from dequant.data.palette_sizes import PaletteSizeDistribution, WeightedPowerOfTwo
 from dequant.data.resize import resize_array, short_side_size
 
 SMALL_IMAGE_MODES = ("upscale", "pad")
+SEGMENT_SOURCES = ("crop", "image")
 GRAY_METHODS = ("opencv", "lab_l", "mean")
 STAGES = ("augment", "quantize", "mask", "cue", "hint")
 # BT.601 luma, the weights of OpenCV's RGB2GRAY.
@@ -109,6 +118,8 @@ class ExampleMaker:
         segment_max_side: int | None = None,
         max_short_side: int | None = None,
         small_image: str = "upscale",
+        segment_source: str = "crop",
+        segment_scale_step: float = 2**0.25,
         profile: bool = False,
     ) -> None:
         if isinstance(crop_size, bool) or not isinstance(crop_size, Integral) or crop_size < 1:
@@ -148,6 +159,11 @@ class ExampleMaker:
                              f"got {max_short_side!r}")
         self.max_short_side = None if max_short_side is None else int(max_short_side)
         self.small_image = check_choice(small_image, SMALL_IMAGE_MODES, "small_image")
+        self.segment_source = check_choice(segment_source, SEGMENT_SOURCES, "segment_source")
+        if (isinstance(segment_scale_step, bool) or not isinstance(segment_scale_step, Real)
+                or not 1.0 < float(segment_scale_step) <= 4.0):
+            raise ValueError(f"segment_scale_step must be a number in (1, 4], got {segment_scale_step!r}")
+        self.segment_scale_step = float(segment_scale_step)
         self.profile = bool(profile)
         self._times: dict[str, float] = {}
         self._count = 0
@@ -179,26 +195,45 @@ class ExampleMaker:
 
     def augment(self, image: Tensor, rng: np.random.Generator) -> tuple[Tensor, dict[str, Any]]:
         """SPEC 1.2 on one image `(3, H, W)`: rescale, crop, flip, gray, saturation -> (target `(3, S, S)`, meta)."""
+        target, meta, _ = self._augment(image, rng)
+        return target, meta
+
+    def _fit(self, chw: np.ndarray) -> np.ndarray:
+        """The source with its short side capped at `max_short_side` (deterministic)."""
+        h, w = chw.shape[1:]
+        if self.max_short_side is not None and min(h, w) > self.max_short_side:
+            return resize_array(chw, *short_side_size(h, w, self.max_short_side))
+        return chw
+
+    def _small(self, chw: np.ndarray) -> np.ndarray:
+        """A source smaller than the crop, upscaled or padded to it (deterministic)."""
+        s = self.crop_size
+        h, w = chw.shape[1:]
+        if self.small_image == "upscale":
+            return resize_array(chw, *short_side_size(h, w, s))
+        ph, pw = max(s - h, 0), max(s - w, 0)
+        return np.pad(chw, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
+
+    def _augment(self, image: Tensor, rng: np.random.Generator) -> tuple[Tensor, dict[str, Any], np.ndarray]:
+        """`augment`, plus the capped source it cropped from (for segmenting the whole image)."""
         chw = _image_array(image)
         s = self.crop_size
         h, w = chw.shape[1:]
         meta: dict[str, Any] = {"source_size": (h, w)}
 
-        if self.max_short_side is not None and min(h, w) > self.max_short_side:
-            chw = resize_array(chw, *short_side_size(h, w, self.max_short_side))
-            h, w = chw.shape[1:]
+        chw = source = self._fit(chw)
+        h, w = chw.shape[1:]
         if min(h, w) < s:
-            if self.small_image == "upscale":
-                chw = resize_array(chw, *short_side_size(h, w, s))
-            else:
-                ph, pw = max(s - h, 0), max(s - w, 0)
-                chw = np.pad(chw, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
+            chw = self._small(chw)
             meta["short_side"] = s
+            meta["small"] = True
         else:
             short = int(rng.integers(s, min(h, w) + 1))
             chw = resize_array(chw, *short_side_size(h, w, short))
             meta["short_side"] = short
+            meta["small"] = False
         h, w = chw.shape[1:]
+        meta["scaled_size"] = (h, w)
 
         top, left = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
         chw = chw[:, top:top + s, left:left + s]
@@ -217,16 +252,52 @@ class ExampleMaker:
         if rng.random() < self.p_saturation:
             meta["saturation"] = float(rng.uniform(0.0, 2.0))
             chw = _scale_saturation(chw, meta["saturation"])
-        return torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32)), meta
+        return torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32)), meta, source
 
-    def __call__(self, image: Tensor, rng: np.random.Generator, *, eval_mode: bool = False) -> dict[str, Any]:
+    # ------------------------------------------------------------------------------------------------- masks
+
+    def bucket(self, short_side: int, source_short: int) -> int:
+        """Short side of the scale bucket whose segmentation serves an example rescaled to `short_side`."""
+        s = self.crop_size
+        i = round(math.log(short_side / s) / math.log(self.segment_scale_step))
+        return min(round(s * self.segment_scale_step**i), source_short)
+
+    def _labels(self, method: str, meta: dict[str, Any], source: np.ndarray,
+                cache: MutableMapping[Any, np.ndarray]) -> np.ndarray:
+        """The crop's 4-connected segments, cut out of the cached segmentation of the whole (bucket-scaled) source."""
+        s = self.crop_size
+        h, w = source.shape[1:]
+        key = (method, "small") if meta["small"] else (method, self.bucket(meta["short_side"], min(h, w)))
+        entry = cache.get(key)
+        if entry is None:
+            scaled = self._small(source) if meta["small"] else resize_array(source, *short_side_size(h, w, key[1]))
+            labels = segment_image(np.ascontiguousarray(scaled.transpose(1, 2, 0)), method, s * s)
+            entry = cache[key] = (labels, np.bincount(labels.ravel()))
+        labels, areas = entry
+        hs, ws = meta["scaled_size"]
+        hb, wb = labels.shape
+        top, left = meta["crop"]
+        cols = left + np.arange(s)
+        if meta["flip"]:
+            cols = cols[::-1]
+        # Pixel centres of the example mapped into the bucket's label map (nearest neighbour).
+        rows = np.minimum(((top + np.arange(s) + 0.5) * (hb / hs)).astype(np.int64), hb - 1)
+        cols = np.minimum(((cols + 0.5) * (wb / ws)).astype(np.int64), wb - 1)
+        # Segment areas in example pixels, for the half-inside rule of cut_labels.
+        return cut_labels(labels, rows, cols, areas * (hs * ws / (hb * wb)))
+
+    def __call__(self, image: Tensor, rng: np.random.Generator, *, eval_mode: bool = False,
+                 segment_cache: MutableMapping[Any, np.ndarray] | None = None) -> dict[str, Any]:
         """One example: `hint (7,S,S)`, `target (3,S,S)`, `mask (S,S)` bool (all False in palette mode),
         `n_colors` int (the drawn N; in patch mode it only matters for index-map masks), `patch` bool,
-        `keep_texture` bool and `meta` (the augmentation's choices)."""
+        `keep_texture` bool and `meta` (the augmentation's choices).
+
+        `segment_cache`: a dict kept with this source image (`segment_source="image"`), where the image's
+        segmentations are stored and reused; the example is the same with a warm, cold or no cache."""
         if not isinstance(rng, np.random.Generator):
             raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         with self._stage("augment"):
-            target, meta = self.augment(image, rng)
+            target, meta, source = self._augment(image, rng)
         n_colors = int(self.palette_sizes.sample(rng))
         patch = bool(rng.random() < self.p_patch)
         # Seed for quantizers that use one (k-means); drawn always so both modes consume the same stream.
@@ -242,9 +313,13 @@ class ExampleMaker:
                 with self._stage("quantize"):
                     index = self.quantizer(target, n_colors, seed=q_seed).index
             with self._stage("mask"):
+                labels = None
+                if self.segment_source == "image":
+                    cache = {} if segment_cache is None else segment_cache
+                    labels = lambda method: self._labels(method, meta, source, cache)  # noqa: E731
                 mask = patch_mask(target, index, rng, p_superpixel=1.0 if superpixel else 0.0,
                                   segmenters=self.segmenters, frac_range=self.mask_frac,
-                                  segment_max_side=self.segment_max_side)
+                                  segment_max_side=self.segment_max_side, labels=labels)
                 fill = torch.from_numpy(rng.random(3).astype(np.float32)) if eval_mode else None
                 color = fill_mask(target, mask, fill)
             meta["superpixel"] = superpixel
@@ -273,4 +348,5 @@ class ExampleMaker:
 
     def __repr__(self) -> str:
         return (f"ExampleMaker(crop_size={self.crop_size}, palette_sizes={self.palette_sizes!r}, "
-                f"quantizer={self.quantizer!r}, cue={self.cue!r}, p_patch={self.p_patch})")
+                f"quantizer={self.quantizer!r}, cue={self.cue!r}, p_patch={self.p_patch}, "
+                f"segment_source={self.segment_source!r})")
