@@ -117,8 +117,8 @@ def _render_and_download(page, out: Path) -> Image.Image:
 
 
 def test_edit_and_render_in_the_browser(server: str, browser, tiny_photos: list[Path], tmp_path: Path) -> None:
-    """Upload a shipped photo, change a swatch, render, download at the photo's size; a bad upload shows a message
-    and the next good upload still renders."""
+    """Upload a shipped photo, change a swatch, render, download at the photo's size; click a region and render
+    it; a bad upload shows a message and the next good upload still renders."""
     photo = tiny_photos[0]  # chelsea.jpg downsized to 72x48
     source = np.asarray(Image.open(photo).convert("RGB"), dtype=np.float32)
     context = browser.new_context(viewport={"width": 1280, "height": 1300}, accept_downloads=True)
@@ -146,17 +146,26 @@ def test_edit_and_render_in_the_browser(server: str, browser, tiny_photos: list[
         assert np.abs(np.asarray(result, dtype=np.float32) - source).mean() > 1.0
         page.screenshot(path=tmp_path / "4_rendered.png", full_page=True)
 
+        page.get_by_role("tab", name="Recolor a region").click()
+        box = page.locator("#source img").bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        assert "of the photo" in _status(page, "region at")
+        page.locator("#region img").wait_for(timeout=STEP_MS)
+        page.locator("#render-region").click()
+        _status(page, "region rendered at 72x48")
+        page.screenshot(path=tmp_path / "5_region.png", full_page=True)
+
         bad = tmp_path / "broken.png"
         bad.write_bytes(b"this is not an image")
         _upload(page, bad)
         assert "not a readable image" in _status(page, "not a readable image")
-        page.screenshot(path=tmp_path / "5_bad_upload.png", full_page=True)
+        page.screenshot(path=tmp_path / "6_bad_upload.png", full_page=True)
 
         _upload(page, tiny_photos[1])  # coffee.jpg downsized to 60x40
         _status(page, "60x40")
         again = _render_and_download(page, tmp_path / "download_2.png")
         assert again.size == (60, 40)
-        page.screenshot(path=tmp_path / "6_rendered_again.png", full_page=True)
+        page.screenshot(path=tmp_path / "7_rendered_again.png", full_page=True)
         assert not elsewhere, f"the page asked other hosts for {elsewhere[:5]}"
     finally:
         context.close()
