@@ -63,7 +63,7 @@ class Page:
         self._results: deque[Path] = deque()
 
     # ------------------------------------------------------------------------------------------ state helpers
-    def _photo_q(self, state: dict) -> tuple[ed.Photo, Any]:
+    def _photo_q(self, state: dict) -> tuple[ed.Photo, ed.Quantized]:
         photo = self.store.get(state.get("photo"))
         return photo, ed.quantize_photo(photo, state["n"], state["quantizer"])
 
