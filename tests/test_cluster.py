@@ -187,23 +187,36 @@ def test_integrity_checks_refuse_code_without_running_it(code_carrying_checkpoin
 
 
 @pytest.mark.slow
-def test_every_entry_point_refuses_a_code_carrying_checkpoint_unrun(code_carrying_checkpoint, tmp_path: Path) -> None:
+def test_every_entry_point_refuses_a_code_carrying_checkpoint_unrun(code_carrying_checkpoint, tmp_path: Path,
+                                                                    capsys) -> None:
+    """train.py and evaluate.py as scripts (subprocesses, in parallel); the console scripts through their main()."""
+    from dequant.app import main as app_main
+    from dequant.edit import main as edit_main
+    from dequant.export import main as export_main
+
     path, marker = code_carrying_checkpoint
-    py = sys.executable
-    commands = {
-        "train.py": [py, "train.py", "experiment=tiny", "logger=none", f"ckpt_path={path}",
+    scripts = {
+        "train.py": [sys.executable, "train.py", "experiment=tiny", "logger=none", f"ckpt_path={path}",
                      f"hydra.run.dir={tmp_path / 'train'}"],
-        "evaluate.py": [py, "evaluate.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}"],
-        "dequant-edit": [py, "-m", "dequant.edit", "transfer", str(PHOTO), "--ckpt", str(path),
-                         "--palette", "#000000,#ffffff", "-o", str(tmp_path / "out.png")],
-        "dequant-export": [py, "-m", "dequant.export", str(path), str(tmp_path / "export")],
-        "dequant-app": [py, "-c", "import sys; from dequant.app import main; sys.exit(main(sys.argv[1:]))",
-                        "--ckpt", str(path), "--port", "7999"],
+        "evaluate.py": [sys.executable, "evaluate.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}"],
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, start_new_session=True) for name, cmd in commands.items()}
+                                    text=True, start_new_session=True) for name, cmd in scripts.items()}
     outputs = {}
+    mains = {
+        "dequant-edit": (edit_main, ["transfer", str(PHOTO), "--ckpt", str(path), "--palette", "#000000,#ffffff",
+                                     "-o", str(tmp_path / "out.png")]),
+        "dequant-export": (export_main, [str(path), str(tmp_path / "export")]),
+        "dequant-app": (app_main, ["--ckpt", str(path), "--port", "7999"]),
+    }
+    for name, (main, argv) in mains.items():
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        captured = capsys.readouterr()
+        outputs[name] = (captured.out + captured.err, code)
     for name, proc in procs.items():
         try:
             outputs[name] = (proc.communicate(timeout=240)[0], proc.returncode)
@@ -217,7 +230,6 @@ def test_every_entry_point_refuses_a_code_carrying_checkpoint_unrun(code_carryin
         assert "Traceback" not in out and "error" in out, f"{name}:\n{out[-2000:]}"
         assert any(word in out for word in ("UnpicklingError", "GLOBAL", "weights_only", "refused")), \
             f"{name}:\n{out[-2000:]}"
-
 
 # ------------------------------------------------------------------------------------------------ FSDP
 
