@@ -105,31 +105,29 @@ class _Tree:
             sel = np.flatnonzero(local >= 0)
             local = local[sel]
             vals = self.channels[:, sel]
-        if s == 1:
-            lo, hi = vals.min(axis=1)[None], vals.max(axis=1)[None]
-        else:
-            lo = np.empty((s, 3), dtype=np.int64)
-            hi = np.empty((s, 3), dtype=np.int64)
-            base = local * 256
-            for c in range(3):
-                present = np.bincount(base + vals[c], minlength=s * 256).reshape(s, 256) > 0
-                lo[:, c] = present.argmax(axis=1)
-                hi[:, c] = 255 - present[:, ::-1].argmax(axis=1)
-        axis = ((hi - lo) * np.array(_AXIS_WEIGHTS)).argmax(axis=1)  # first channel on a tie, as Pillow
-        ax = axis[local]
-        x = np.where(ax == 0, vals[0], np.where(ax == 1, vals[1], vals[2]))
         weights = self.weights[sel]
-        hist = np.bincount(local * 256 + x, weights=weights, minlength=s * 256).reshape(s, 256)
+        base = local * 256
+        # Pixel-weighted histograms of every channel per box: their support gives the box's extent, and the cut
+        # channel's gives the median.
+        hists = np.stack([np.bincount(base + vals[c], weights=weights, minlength=s * 256) for c in range(3)])
+        hists = hists.reshape(3, s, 256)
+        present = hists > 0
+        lo = present.argmax(axis=2).T  # (s, 3)
+        hi = 255 - present[:, :, ::-1].argmax(axis=2).T
+        axis = ((hi - lo) * np.array(_AXIS_WEIGHTS)).argmax(axis=1)  # first channel on a tie, as Pillow
+        rows = np.arange(s)
+        hist = hists[axis, rows]
         above = np.cumsum(hist[:, ::-1], axis=1)  # above[:, j]: pixels with value >= 255 - j
         # The first value from the top at which the running count exceeds half of the box.
         split = 255 - (2 * above > self.count[nodes, None]).argmax(axis=1)
-        lo_axis = lo[np.arange(s), axis]
+        lo_axis = lo[rows, axis]
         threshold = np.where(split > lo_axis, split, lo_axis + 1)
-        high = x >= threshold[local]
-        left_count = np.bincount(local, weights=weights * high, minlength=s).round().astype(np.int64)
-        left_members = np.bincount(local[high], minlength=s)
-        children = n_nodes + 2 * np.arange(s)
-        self.box[sel] = np.where(high, children[local], children[local] + 1)
+        left_count = np.rint(above[rows, 255 - threshold]).astype(np.int64)
+        x = np.choose(axis[local], vals)
+        low = x < threshold[local]
+        left_members = self.n_members[nodes] - np.bincount(local[low], minlength=s)
+        children = n_nodes + 2 * rows
+        self.box[sel] = n_nodes + 2 * local + low  # high part first, as the palette order wants
         self.left[nodes] = children
         self.count = np.concatenate([self.count, np.stack([left_count, self.count[nodes] - left_count], 1).ravel()])
         self.n_members = np.concatenate(
