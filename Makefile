@@ -9,11 +9,17 @@ DEMO_DIR := outputs/demo
 
 install: $(STAMP)
 
-# Rebuilt only when the dependency list changes; torch is pinned to the CPU wheel (see pyproject.toml).
-$(STAMP): pyproject.toml
+# The locked versions (requirements.lock, pip-tools; README: Install), rebuilt when the lock or pyproject.toml changes.
+# torch comes first, pinned: the lock leaves it out because its build (CPU or CUDA) depends on the machine; here the
+# CPU wheel (pip's find-links), elsewhere `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` (or cu128).
+TORCH := 2.13.0
+TORCH_INDEX ?=
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q torch==$(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 test: install

@@ -92,3 +92,29 @@ def test_installed_wheel_trains_from_an_empty_folder(wheel: Path, tmp_path: Path
     report = subprocess.run([str(env_dir / "bin" / "dequant-sweep-report"), "--help"], cwd=empty, env=env,
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0 and "sweep" in report.stdout
+
+
+def _lock_pins() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    text = (ROOT / "requirements.lock").read_text()
+    return {canonicalize_name(n): v for n, v in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", text, re.M)}
+
+
+def test_lock_pins_every_dependency_within_the_ranges() -> None:
+    """requirements.lock (pip-compile, README: Install) pins what pyproject.toml allows; torch is installed first."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _lock_pins()
+    project = PYPROJECT["project"]
+    for line in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        if name == "torch":
+            assert "torch" not in pins  # its build (CPU or CUDA) is the machine's choice: make install pins it
+            continue
+        assert name in pins, f"{req.name} is not in requirements.lock (regenerate it: README, Install)"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req}"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install -q -r requirements.lock" in makefile and "$(STAMP): pyproject.toml requirements.lock" in makefile
