@@ -131,8 +131,10 @@ def test_evaluation_logs_images_done(tiny_ckpt: Path, tiny_photos: list[Path], t
         cfg = compose("evaluate", overrides=[f"ckpt_path={tiny_ckpt}", f"paths.run_dir={tmp_path}",
                                              f"data.paths=[{tiny_photos[0]},{tiny_photos[1]}]", "baselines=none",
                                              "tests=r", "grid_images=0", "progress=true", "data.batch_size=1"])
-    with caplog.at_level(logging.INFO, logger="dequant.progress"):
+    with caplog.at_level(logging.INFO):
         evaluate(cfg)
+    assert any(re.fullmatch(rf"loaded {re.escape(str(tiny_ckpt))} on cpu in [\d.]+ s", r.getMessage())
+               for r in caplog.records if r.name == "dequant.evaluation.runner")
     lines = [r.getMessage() for r in caplog.records if r.name == "dequant.progress"]
     # Every r setting x 2 images, one line at the end (the interval is 30 s).
     n = 2 * len(settings("r", T_SCORES))

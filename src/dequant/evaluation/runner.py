@@ -22,6 +22,7 @@ What it does, from a composed `conf/evaluate.yaml`:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,8 +287,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     fabric = instantiate(cfg.fabric)
     fabric.launch()
     rank, world = fabric.global_rank, fabric.world_size
+    start = time.monotonic()
     module = load_model(ckpt).to(fabric.device)
     module.eval()
+    if rank == 0:
+        log.info("loaded %s on %s in %.1f s", ckpt, fabric.device, time.monotonic() - start)
     if sampler:
         module.formulation.check_sampler(as_sampler_spec(sampler))
 
