@@ -317,7 +317,7 @@ def write_report(table: SweepTable, out_dir: str | Path) -> tuple[Path, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: print the sweep table and write it next to the sweep."""
-    parser = argparse.ArgumentParser(prog="python -m dequant.sweep_report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="dequant-sweep-report", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", help="sweep folders (or job folders, or a parent of several sweeps)")
     parser.add_argument("--metrics", nargs="+", default=None,
                         help="metric columns, e.g. val/loss r/psnr r_tex/palette_de2000; 'all' for every metric")
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         table = build_table(args.paths, metrics=args.metrics, method=args.method)
     except ValueError as err:
-        print(f"sweep_report: error: {err}", file=sys.stderr)
+        print(f"dequant-sweep-report: error: {err}", file=sys.stderr)
         return 2
     print(report_markdown(table), end="")
     if not args.no_write:
