@@ -123,7 +123,8 @@ class _Tree:
         lo_axis = lo[rows, axis]
         threshold = np.where(split > lo_axis, split, lo_axis + 1)
         left_count = np.rint(above[rows, 255 - threshold]).astype(np.int64)
-        x = np.choose(axis[local], vals)
+        m = vals.shape[1]
+        x = np.ascontiguousarray(vals).ravel()[axis[local] * m + np.arange(m)]  # each color's cut channel
         low = x < threshold[local]
         left_members = self.n_members[nodes] - np.bincount(local[low], minlength=s)
         children = n_nodes + 2 * rows
