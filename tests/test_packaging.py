@@ -32,6 +32,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                            "-w", str(out), str(tree)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert "BuildBackendWarning" not in proc.stderr, proc.stderr[-2000:]
     (path,) = out.glob("dequant-*.whl")
     return path
 
@@ -47,6 +48,18 @@ def test_license_is_spdx_and_torch_is_a_range() -> None:
     assert project["license"] == "MIT" and (ROOT / project["license-files"][0]).is_file()
     (torch_req,) = [d for d in project["dependencies"] if re.match(r"torch\b", d)]
     assert "==" not in torch_req and ">=" in torch_req
+
+
+def test_every_folder_is_a_listed_package() -> None:
+    """setuptools cannot discover conf/ mapped to dequant/conf, so pyproject.toml lists every folder."""
+    src, conf = ROOT / "src", ROOT / "conf"
+    folders = {".".join(p.relative_to(src).parts) for p in [src / "dequant", *(src / "dequant").rglob("*")]
+               if p.is_dir() and "__pycache__" not in p.parts and not p.name.endswith(".egg-info")}
+    folders |= {".".join(["dequant", "conf", *p.relative_to(conf).parts]) for p in [conf, *conf.rglob("*")]
+                if p.is_dir()}
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    assert not folders - listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(folders - listed)}"
+    assert not listed - folders, f"no such folder, remove from pyproject.toml: {sorted(listed - folders)}"
 
 
 def test_wheel_holds_every_module_config_and_asset(wheel: Path) -> None:
