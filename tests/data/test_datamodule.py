@@ -276,3 +276,17 @@ def test_segment_cache_warm_or_cold_same_examples(folder):
     for key in ("hint", "target", "mask"):
         assert torch.equal(_cat(_epoch(warm, 2), key), _cat(_epoch(cold, 2), key))
     assert not cold._train.source._segments
+
+
+def test_segment_cache_stays_within_the_cache_budget(folder):
+    # Room for the decoded training images and a few segmentations: the rest is not kept, the examples are the same.
+    small = _cached_dm(str(folder), cache_max_gb=(5 * 24 * 30 * 3 * 4 + 24 * 30 * 4 + 1000) / 2**30)
+    small.setup()
+    big = _cached_dm(str(folder))
+    big.setup()
+    for key in ("hint", "target", "mask"):
+        assert torch.equal(_cat(_epoch(small, 0), key), _cat(_epoch(big, 0), key))
+    source = small._train.source
+    assert source._cached_bytes <= source.cache_max_bytes
+    kept = sum(len(c) for c in source._segments.values())
+    assert kept < sum(len(c) for c in big._train.source._segments.values())

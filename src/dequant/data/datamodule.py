@@ -61,6 +61,22 @@ def _worker_init(_worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+class _SegmentCache(dict):
+    """An image's segmentations (ExampleMaker's segment_cache); entries count against the source's cache budget
+    and one that does not fit is not kept (the maker then segments again: same example, more time)."""
+
+    def __init__(self, source: _ImageSource) -> None:
+        super().__init__()
+        self.source = source
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        nbytes = sum(getattr(v, "nbytes", 0) for v in (value if isinstance(value, tuple) else (value,)))
+        if self.source._cached_bytes + nbytes > self.source.cache_max_bytes:
+            return
+        self.source._cached_bytes += nbytes
+        super().__setitem__(key, value)
+
+
 class _ImageSource:
     """Loads the images of one split by position, with an optional per-process cache and bad-file substitution."""
 
@@ -72,7 +88,7 @@ class _ImageSource:
         self._cached: dict[int, Tensor] = {}
         self._cached_bytes = 0
         # Segmentations of each cached image (ExampleMaker's segment_cache), kept beside the decoded image.
-        self._segments: dict[int, dict[Any, np.ndarray]] = {}
+        self._segments: dict[int, _SegmentCache] = {}
         self._bad: dict[int, str] = {}  # position -> why it cannot be loaded
 
     def __getstate__(self) -> dict[str, Any]:
@@ -81,11 +97,13 @@ class _ImageSource:
         state["_cached"], state["_cached_bytes"], state["_segments"] = {}, 0, {}
         return state
 
-    def segments(self, i: int) -> dict[Any, np.ndarray] | None:
+    def segments(self, i: int) -> _SegmentCache | None:
         """The segmentation cache of cached image i (None when the image is not cached: nothing is kept)."""
         if i not in self._cached:
             return None
-        return self._segments.setdefault(i, {})
+        if i not in self._segments:
+            self._segments[i] = _SegmentCache(self)
+        return self._segments[i]
 
     def _load(self, i: int) -> Tensor:
         if i in self._cached:
