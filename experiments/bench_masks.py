@@ -180,7 +180,8 @@ def main() -> None:
         parts += [text, ""]
     table += "\n" + "\n".join(parts)
     info = (f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, one thread; "
-            f"{len(list(ASSETS.glob('*.jpg')))} bundled photos, best of {args.repeats} calls, median over photos.")
+            f"{len(list(ASSETS.glob('*.jpg')))} bundled photos, best of {args.repeats} calls, median over photos; "
+            f"load average {os.getloadavg()[0]:.1f} at the end (wall-clock times, inflated on a shared machine).")
     text = f"# Mask, cue and hint timings (ms per call, one image)\n\n{info}\n\n{table}\n"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
