@@ -131,3 +131,17 @@ def test_lock_pins_every_dependency_within_the_ranges() -> None:
         assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req}"
     makefile = (ROOT / "Makefile").read_text()
     assert "pip install -q -r requirements.lock" in makefile and "$(STAMP): pyproject.toml requirements.lock" in makefile
+
+
+@pytest.mark.slow
+def test_installed_commands_give_one_line_errors_named_after_themselves(tmp_path: Path) -> None:
+    """The installed Hydra commands run from any folder and report bad input as `<command>: error: ...`, exit 2."""
+    bin_dir = Path(sys.executable).parent
+    cases = {"dequant-evaluate": ([f"hydra.run.dir={tmp_path / 'e'}"], "ckpt_path is required"),
+             "dequant-train": (["experiment=tiny", "formulation=diffusion", f"hydra.run.dir={tmp_path / 't'}"],
+                               "formulation: 'diffusion' is not an option")}
+    for command, (args, message) in cases.items():
+        proc = subprocess.run([str(bin_dir / command), *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"{command}: error: {message}"), proc.stderr[-2000:]
