@@ -1,4 +1,4 @@
-"""Pillow's median cut, reimplemented with numpy: the same palette and index map, about 10-50x faster.
+"""Pillow's median cut, reimplemented with numpy: the same palette and index map in 0.07-0.45x Pillow's time.
 
 `Image.quantize(colors=n, method=Image.Quantize.MEDIANCUT)` (libImaging/Quant.c, method 0, no k-means) does:
 
