@@ -465,3 +465,28 @@ def test_override_typo(where: str, files, tiny_ckpt, tmp_path, capsys) -> None:
     key = typo.split("=")[0]
     assert f"Could not override '{key}'" in proc.stderr and f"+{key}" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_unknown_choice_message_names_the_group_and_its_choices() -> None:
+    from dequant.config import unknown_choice_message
+
+    conf = ROOT / "conf"
+    assert unknown_choice_message(conf, ["formulation=foo"]) == (
+        "formulation: 'foo' is not an option; choices: bridge, noise, residual")
+    # A sweep names its bad value; known values, null, plain keys, deletions and Hydra's own groups pass.
+    assert "'bad'" in unknown_choice_message(conf, ["-m", "formulation=noise,bad", "--cfg", "job"])
+    assert unknown_choice_message(conf, ["formulation=bridge", "sampler=null", "module.lr=1", "~logger",
+                                         "hydra/launcher=submitit_slurm", "+palette=authors"]) is None
+
+
+@pytest.mark.parametrize(("where", "choice"), [("train.py", "formulation=diffusion"), ("evaluate.py", "sampler=euler")])
+def test_unknown_choice_is_one_line_exit_2(where: str, choice: str, tiny_ckpt, tmp_path) -> None:
+    extra = ["experiment=tiny"] if where == "train.py" else [f"ckpt_path={tiny_ckpt}"]
+    proc = subprocess.run([sys.executable, where, *extra, choice, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    group, value = choice.split("=")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"{where}: error: {group}: '{value}' is not an option; "
+        f"choices: {', '.join(sorted(p.stem for p in (ROOT / 'conf' / group).glob('*.yaml')))}"]
+    assert not (tmp_path / "run").exists()
