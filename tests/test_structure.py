@@ -41,15 +41,13 @@ def test_no_two_modules_import_each_other() -> None:
 
 # Channel slices of the 7-channel hint written as numbers; color/hint.py's COLOR, CUE, COLOR_IND and TEX_IND say them.
 _HINT_SLICE = re.compile(r"hint\w*\[[^\]]*\b(0:3|3:5|5:6|6:7)\b")
-# models/formulations.py is the model work's file (issue 9); its `_color` helper still reads channels 0:3.
-_NOT_YET = {"dequant/models/formulations.py"}
 
 
 def test_the_hint_layout_is_read_from_hint_constants() -> None:
     offenders = []
     for path in sorted((SRC / "dequant").rglob("*.py")):
         rel = path.relative_to(SRC).as_posix()
-        if rel == "dequant/color/hint.py" or rel in _NOT_YET:
+        if rel == "dequant/color/hint.py":
             continue
         offenders += [f"{rel}:{i}: {line.strip()}" for i, line in enumerate(path.read_text().splitlines(), 1)
                       if _HINT_SLICE.search(line)]

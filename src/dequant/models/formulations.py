@@ -30,6 +30,7 @@ from diffusers import DDPMScheduler
 from torch import Tensor, nn
 
 from dequant.color._checks import check_choice
+from dequant.color.hint import COLOR
 from dequant.models.sampling import DIFFUSION_SAMPLERS, SamplerSpec, make_scheduler, randn_like_per_image, sample_loop
 
 Net = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -39,7 +40,7 @@ _LOG_EPS = 1e-4
 
 def _color(hint: Tensor) -> Tensor:
     """The color input y (the quantized image, or the photo with a flat patch) of a model-range hint."""
-    return hint[:, 0:3]
+    return hint[:, COLOR]
 
 
 def regression_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
