@@ -107,6 +107,19 @@ def test_train_refuses_a_held_folder_before_writing_anything(tmp_path: Path, oth
     assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]
 
 
+@pytest.mark.slow
+def test_train_py_refuses_a_held_folder_before_hydra_writes_into_it(tmp_path: Path, other_live_process) -> None:
+    run = tmp_path / "run"
+    _write_lock(run, other_live_process.pid)
+    proc = subprocess.run([sys.executable, "train.py", "experiment=tiny", f"hydra.run.dir={run}", "ckpt_path=last"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: run folder") and f"pid {other_live_process.pid}" \
+        in lines[0]
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # no .hydra/, no log
+
+
 def test_only_rank_zero_takes_the_lock(tmp_path: Path, monkeypatch, other_live_process) -> None:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 

@@ -41,6 +41,19 @@ def evaluate_task(cfg: DictConfig) -> None:
     run_cli(_prog(), lambda: evaluate(cfg))
 
 
+def _exit_if_run_folder_busy(argv: list[str]) -> None:
+    """Exit 2 before Hydra writes into an explicit `hydra.run.dir` that a live training run holds."""
+    from dequant.runlock import busy_message
+
+    if any(arg in ("-m", "--multirun") for arg in argv):
+        return  # sweep jobs take their own folder's lock (dequant.sweep)
+    folders = [arg.split("=", 1)[1] for arg in argv if arg.startswith("hydra.run.dir=")]
+    message = busy_message(folders[-1]) if folders else None
+    if message is not None:
+        print(f"{_prog()}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def hydra_app(task: Callable[[DictConfig], Any], config_name: str, config_path: str | None = None) -> Callable[[], Any]:
     """`task` as a Hydra app over `config_path` (default: the package's configs); an override naming an option its
     group lacks is a one-line error and exit code 2 before Hydra starts."""
@@ -49,6 +62,8 @@ def hydra_app(task: Callable[[DictConfig], Any], config_name: str, config_path: 
 
     def main() -> Any:
         exit_on_unknown_choice(_prog(), config_dir, sys.argv[1:])
+        if config_name == "train":
+            _exit_if_run_folder_busy(sys.argv[1:])
         return app()
 
     return main

@@ -62,6 +62,26 @@ def _stale_reason(holder: dict[str, Any], lock_age_s: float) -> str | None:
     return None
 
 
+def _busy_text(folder: Path, path: Path, holder: dict[str, Any]) -> str:
+    return (f"run folder {folder} is in use by another run ({_holder_text(holder)}); wait for it to end or choose "
+            f"another folder (if that run is gone, delete {path})")
+
+
+def busy_message(folder: str | os.PathLike) -> str | None:
+    """The refusal `RunLock(folder).acquire()` would raise while a live run holds `folder`, else None; reads only.
+
+    The scripts ask before Hydra starts, because Hydra writes `.hydra/` and its log into the folder first.
+    """
+    lock = RunLock(folder)
+    try:
+        holder, age = lock._read()
+    except FileNotFoundError:
+        return None
+    if not holder or (holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()):
+        return None
+    return _busy_text(lock.folder, lock.path, holder) if _stale_reason(holder, age) is None else None
+
+
 class RunLock:
     """Holds `<folder>/.dequant.lock` while a run works in `folder`; use `acquire()` / `release()` or `with`."""
 
@@ -105,9 +125,7 @@ class RunLock:
                     return self  # an outer RunLock of this process (a sweep job around train()) holds it
                 reason = _stale_reason(holder, age) if holder else "its lock file is empty (a crash while locking)"
                 if reason is None:
-                    raise RunFolderBusy(f"run folder {self.folder} is in use by another run ({_holder_text(holder)}); "
-                                        f"wait for it to end or choose another folder (if that run is gone, delete "
-                                        f"{self.path})")
+                    raise RunFolderBusy(_busy_text(self.folder, self.path, holder))
                 log.warning("run folder %s: taking over the lock of %s: %s", self.folder,
                             _holder_text(holder) if holder else "an unknown run", reason)
                 self.path.unlink(missing_ok=True)
