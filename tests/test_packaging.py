@@ -27,7 +27,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Built from a copy: setuptools writes build/ and *.egg-info next to the sources.
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, tree / name)
-    for name in ("src", "conf"):
+    for name in ("src", "conf", "sweeps"):
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                            "-w", str(out), str(tree)], capture_output=True, text=True, timeout=300)
@@ -51,12 +51,14 @@ def test_license_is_spdx_and_torch_is_a_range() -> None:
 
 
 def test_every_folder_is_a_listed_package() -> None:
-    """setuptools cannot discover conf/ mapped to dequant/conf, so pyproject.toml lists every folder."""
-    src, conf = ROOT / "src", ROOT / "conf"
+    """setuptools cannot discover conf/ and sweeps/ mapped into dequant/, so pyproject.toml lists every folder."""
+    src = ROOT / "src"
     folders = {".".join(p.relative_to(src).parts) for p in [src / "dequant", *(src / "dequant").rglob("*")]
                if p.is_dir() and "__pycache__" not in p.parts and not p.name.endswith(".egg-info")}
-    folders |= {".".join(["dequant", "conf", *p.relative_to(conf).parts]) for p in [conf, *conf.rglob("*")]
-                if p.is_dir()}
+    for name in ("conf", "sweeps"):
+        top = ROOT / name
+        folders |= {".".join(["dequant", name, *p.relative_to(top).parts]) for p in [top, *top.rglob("*")]
+                    if p.is_dir() and "__pycache__" not in p.parts}
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
     assert not folders - listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(folders - listed)}"
     assert not listed - folders, f"no such folder, remove from pyproject.toml: {sorted(listed - folders)}"
@@ -68,7 +70,8 @@ def test_wheel_holds_every_module_config_and_asset(wheel: Path) -> None:
     src = ROOT / "src"
     expected = {p.relative_to(src).as_posix() for p in (src / "dequant").rglob("*")
                 if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
-    expected |= {f"dequant/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
+    for name in ("conf", "sweeps"):
+        expected |= {f"dequant/{name}/{p.relative_to(ROOT / name).as_posix()}" for p in (ROOT / name).rglob("*.yaml")}
     missing = sorted(expected - names)
     assert not missing, f"not in the wheel (add the package to [tool.setuptools] packages): {missing[:10]}"
 
@@ -102,6 +105,12 @@ def test_installed_wheel_trains_from_an_empty_folder(wheel: Path, tmp_path: Path
     assert list(empty.iterdir()) == []  # --cfg job only prints
     for command in COMMANDS:
         assert (env_dir / "bin" / command).is_file(), command
+    # The sweep files travel too: a sweep composes from an empty folder without --config-dir.
+    sweep = subprocess.run([str(env_dir / "bin" / "dequant-sweep"), "--config-name", "cue_modes", "--cfg", "job",
+                            "experiment=demo"], cwd=empty, env=env, capture_output=True, text=True, timeout=300)
+    assert sweep.returncode == 0, sweep.stderr
+    assert "task_name: demo" in sweep.stdout and "evaluate: true" in sweep.stdout
+    assert list(empty.iterdir()) == []
     report = subprocess.run([str(env_dir / "bin" / "dequant-sweep-report"), "--help"], cwd=empty, env=env,
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0 and "sweep" in report.stdout

@@ -46,6 +46,16 @@ def conf_dir() -> str:
                             "holds train.yaml (reinstall dequant)")
 
 
+def sweeps_dir() -> str:
+    """The sweep files' folder: the wheel's `dequant/sweeps`, else the checkout's `sweeps/`."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "sweeps", package.parents[1] / "sweeps"):
+        if (candidate / "_common.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"no sweep folder: neither {package / 'sweeps'} nor {package.parents[1] / 'sweeps'} "
+                            "holds _common.yaml (reinstall dequant)")
+
+
 def _multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

@@ -37,7 +37,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _SubmititSlurmLauncher
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from dequant.config import conf_dir
+from dequant.config import conf_dir, sweeps_dir
 from dequant.runlock import RunLock
 
 log = logging.getLogger(__name__)
@@ -368,9 +368,12 @@ def task(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Console entry point (`python -m dequant.sweep`): a Hydra app over conf/ (`--config-dir sweeps` adds sweeps)."""
+    """Console entry point (`dequant-sweep`, `python -m dequant.sweep`): a Hydra app over conf/ plus the sweep files
+    (the package's own unless `--config-dir` names another folder)."""
     import hydra
 
+    if not any(arg in ("--config-dir", "-cd") or arg.startswith("--config-dir=") for arg in sys.argv[1:]):
+        sys.argv[1:1] = ["--config-dir", sweeps_dir()]
     hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")(task)()
 
 
