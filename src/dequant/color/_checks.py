@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import torch
 from torch import Tensor
 
@@ -53,3 +54,16 @@ def check_choice(value: str, choices: tuple[str, ...] | list[str], name: str) ->
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
+
+
+def check_point(x: int, y: int, width: int, height: int) -> tuple[int, int]:
+    """(column, row) of a pixel given as integer coordinates inside a width x height image, else a ValueError."""
+    try:
+        if isinstance(x, bool) or isinstance(y, bool):
+            raise TypeError
+        col, row = operator.index(x), operator.index(y)
+    except TypeError:
+        raise ValueError(f"point (x={x!r}, y={y!r}) must be integer pixel coordinates") from None
+    if not (0 <= col < width and 0 <= row < height):
+        raise ValueError(f"point (x={col}, y={row}) lies outside the image of width {width} and height {height}")
+    return col, row

@@ -11,7 +11,6 @@ the index map a single component), since then no proper non-empty subset exists.
 from __future__ import annotations
 
 import numbers
-import operator
 from collections.abc import Callable, Sequence
 
 import cv2
@@ -23,7 +22,7 @@ from skimage import color as skcolor
 from skimage import filters, measure, segmentation
 from torch import Tensor
 
-from dequant.color._checks import check_choice, check_image
+from dequant.color._checks import check_choice, check_image, check_point
 
 SEGMENTERS: tuple[str, ...] = ("felzenszwalb", "slic", "quickshift", "watershed")
 
@@ -73,13 +72,8 @@ def _boundary_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([a, b]), np.concatenate([b, a])
 
 
-def _connected_segments(raw: np.ndarray) -> np.ndarray:
-    """Relabel a segmentation into 4-connected segments numbered 0..K-1.
-
-    Each raw segment keeps its largest 4-connected piece; every smaller piece (a diagonal-only appendix of a
-    Felzenszwalb segment, a split quickshift cluster) joins the neighbouring piece it shares the longest border
-    with. Splitting them off instead would more than double the segment count with one-pixel segments.
-    """
+def _largest_pieces(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """4-connected pieces of a label map, their sizes, the raw label owning each, and which is its label's largest."""
     pieces = _pieces(raw)
     n = int(pieces.max()) + 1
     sizes = np.bincount(pieces.ravel(), minlength=n)
@@ -90,6 +84,17 @@ def _connected_segments(raw: np.ndarray) -> np.ndarray:
     largest[1:] = owner[order[1:]] != owner[order[:-1]]
     is_main = np.zeros(n, dtype=bool)
     is_main[order[largest]] = True
+    return pieces, sizes, owner, is_main
+
+
+def _connected_segments(raw: np.ndarray) -> np.ndarray:
+    """Relabel a segmentation into 4-connected segments numbered 0..K-1.
+
+    Each raw segment keeps its largest 4-connected piece; every smaller piece (a diagonal-only appendix of a
+    Felzenszwalb segment, a split quickshift cluster) joins the neighbouring piece it shares the longest border
+    with. Splitting them off instead would more than double the segment count with one-pixel segments.
+    """
+    pieces, _, _, is_main = _largest_pieces(raw)
     return _merge_into_neighbours(pieces, is_main)
 
 
@@ -163,16 +168,7 @@ def cut_labels(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray, areas: np
     neighbour they share the longest border with.
     """
     raw = labels[np.ix_(rows, cols)]
-    pieces = _pieces(raw)
-    n = int(pieces.max()) + 1
-    sizes = np.bincount(pieces.ravel(), minlength=n)
-    owner = np.empty(n, dtype=np.int64)
-    owner[pieces.ravel()] = raw.ravel()
-    order = np.lexsort((-sizes, owner))
-    largest = np.ones(n, dtype=bool)
-    largest[1:] = owner[order[1:]] != owner[order[:-1]]
-    is_main = np.zeros(n, dtype=bool)
-    is_main[order[largest]] = True
+    pieces, sizes, owner, is_main = _largest_pieces(raw)
     if areas is not None:
         is_main &= sizes >= 0.5 * areas[owner]
         if not is_main.any():  # the region lies inside one segment (or a few big ones): keep the largest part
@@ -296,13 +292,6 @@ def mask_from_point(image: Tensor, x: int, y: int, segmenter: str = "slic") -> T
     rgb = _to_hwc(image)
     check_choice(segmenter, SEGMENTERS, "segmenter")
     h, w = rgb.shape[:2]
-    try:
-        if isinstance(x, bool) or isinstance(y, bool):
-            raise TypeError
-        col, row = operator.index(x), operator.index(y)
-    except TypeError:
-        raise ValueError(f"point (x={x!r}, y={y!r}) must be integer pixel coordinates") from None
-    if not (0 <= col < w and 0 <= row < h):
-        raise ValueError(f"point (x={col}, y={row}) lies outside the image of width {w} and height {h}")
+    col, row = check_point(x, y, w, h)
     labels = _segment_np(rgb, segmenter)
     return torch.from_numpy(labels == labels[row, col])

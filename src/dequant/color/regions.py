@@ -10,14 +10,13 @@ of it) and the boundary moved outwards or inwards by `grow` pixels.
 from __future__ import annotations
 
 import math
-import operator
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import Tensor
 
-from dequant.color._checks import check_palette
+from dequant.color._checks import check_palette, check_point
 from dequant.color.colorspace import rgb_to_lab
 
 # 4-connectivity, as the segments of dequant.color.masks.
@@ -32,18 +31,6 @@ def _check_index(index: Tensor) -> np.ndarray:
     if int(index.min()) < 0:
         raise ValueError(f"index values must be >= 0, got minimum {int(index.min())}")
     return index.detach().cpu().numpy().astype(np.int64, copy=False)
-
-
-def _check_point(x: int, y: int, width: int, height: int) -> tuple[int, int]:
-    try:
-        if isinstance(x, bool) or isinstance(y, bool):
-            raise TypeError
-        col, row = operator.index(x), operator.index(y)
-    except TypeError:
-        raise ValueError(f"point (x={x!r}, y={y!r}) must be integer pixel coordinates") from None
-    if not (0 <= col < width and 0 <= row < height):
-        raise ValueError(f"point (x={col}, y={row}) lies outside the image of width {width} and height {height}")
-    return col, row
 
 
 def _similar_colors(palette: Tensor | None, seed: int, n_labels: int, tolerance: float) -> np.ndarray:
@@ -79,7 +66,7 @@ def color_region(
     """
     idx = _check_index(index)
     height, width = idx.shape
-    col, row = _check_point(x, y, width, height)
+    col, row = check_point(x, y, width, height)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) \
             or tolerance < 0:
         raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
