@@ -34,26 +34,26 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
 
 
+def _shipped_folder(name: str, marker: str, what: str) -> str:
+    """`dequant/<name>` inside an installed wheel, else `<name>/` at the top of the checkout (editable or source)."""
+    package = Path(__file__).resolve().parent
+    # A wheel carries the folder inside the package (pyproject.toml maps it); a source checkout or editable install
+    # has it at the top of the checkout.
+    for candidate in (package / name, package.parents[1] / name):
+        if (candidate / marker).is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"no {what} folder: neither {package / name} nor {package.parents[1] / name} "
+                            f"holds {marker} (reinstall dequant)")
+
+
 def conf_dir() -> str:
     """The config folder the installed commands compose from: the wheel's `dequant/conf`, else the checkout's `conf/`."""
-    package = Path(__file__).resolve().parent
-    # A wheel carries conf/ inside the package (pyproject.toml maps it); a source checkout or editable install has it
-    # at the top of the checkout.
-    for candidate in (package / "conf", package.parents[1] / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"no config folder: neither {package / 'conf'} nor {package.parents[1] / 'conf'} "
-                            "holds train.yaml (reinstall dequant)")
+    return _shipped_folder("conf", "train.yaml", "config")
 
 
 def sweeps_dir() -> str:
     """The sweep files' folder: the wheel's `dequant/sweeps`, else the checkout's `sweeps/`."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "sweeps", package.parents[1] / "sweeps"):
-        if (candidate / "_common.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"no sweep folder: neither {package / 'sweeps'} nor {package.parents[1] / 'sweeps'} "
-                            "holds _common.yaml (reinstall dequant)")
+    return _shipped_folder("sweeps", "_common.yaml", "sweep")
 
 
 def _multirun() -> bool:
