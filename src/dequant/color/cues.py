@@ -96,6 +96,45 @@ def texture_cue(image: Tensor, mode: str = "T", threshold: float = 8.0) -> Tenso
     return cue if batched else cue[0]
 
 
+def gray255_array(u8: np.ndarray) -> np.ndarray:
+    """The 0-255 gray `(H, W)` float32 of a `(3, H, W)` uint8 image: `rgb_to_gray255` on numpy planes, same values."""
+    r, g, b = (u8[c].astype(np.int32) for c in range(3))
+    return ((r * 9798 + g * 19235 + b * 3735 + 16384) >> 15).astype(np.float32)
+
+
+def _gradient_array(x: np.ndarray, axis: int) -> np.ndarray:
+    """`_gradient` of a float32 array in numpy: the same float32 operations, so the same values."""
+    n = x.shape[axis]
+    if n < 2:
+        return np.zeros_like(x)
+    out = np.empty_like(x)
+    src, dst = np.moveaxis(x, axis, 0), np.moveaxis(out, axis, 0)
+    np.subtract(src[1], src[0], out=dst[0])
+    np.subtract(src[n - 1], src[n - 2], out=dst[n - 1])
+    np.subtract(src[2:], src[:-2], out=dst[1:n - 1])
+    dst[1:n - 1] /= np.float32(2.0)
+    return out
+
+
+def texture_cue_array(u8: np.ndarray, mode: str = "T", threshold: float = 8.0) -> np.ndarray:
+    """`texture_cue` of the image whose 8-bit rounding is `u8` `(3, H, W)`, for modes T, G and none, as a float32
+    array `(2, H, W)`; no validation (the caller made `u8`). T and G read only the 8-bit gray, so the cue is
+    `texture_cue`'s bit for bit (tests/color/test_cues.py)."""
+    h, w = u8.shape[1:]
+    if mode == "none":
+        return np.zeros((2, h, w), dtype=np.float32)
+    if mode not in ("T", "G"):
+        raise ValueError(f"texture_cue_array computes modes T, G and none, got {mode!r}")
+    gray = gray255_array(u8)
+    grad = np.stack([_gradient_array(gray, 0), _gradient_array(gray, 1)])
+    if mode == "T":
+        # torch compares a float32 tensor with a Python number in float32.
+        return (np.abs(grad) > np.float32(threshold)).astype(np.float32)
+    grad += np.float32(255.0)
+    grad /= np.float32(510.0)
+    return np.clip(grad, np.float32(0.0), np.float32(1.0), out=grad)
+
+
 @dataclass(frozen=True)
 class TextureCue:
     """A configured texture cue (the Hydra `cond/` group): computes cues, knows its neutral value and drop rate."""
@@ -115,6 +154,13 @@ class TextureCue:
     def __call__(self, image: Tensor) -> Tensor:
         """Texture cue of `image` `(3, H, W)` or `(B, 3, H, W)`."""
         return texture_cue(image, self.mode, self.threshold)
+
+    def array(self, rgb: np.ndarray, u8: np.ndarray) -> np.ndarray:
+        """The cue `(2, H, W)` float32 of a `(3, H, W)` float32 image `rgb` in [0, 1] whose 8-bit rounding is `u8`,
+        equal to `self(torch.from_numpy(rgb))`, without validating (for callers that made both arrays)."""
+        if self.mode == "L":
+            return self(torch.from_numpy(rgb)).numpy()
+        return texture_cue_array(u8, self.mode, self.threshold)
 
     @property
     def neutral(self) -> float:

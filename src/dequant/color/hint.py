@@ -175,6 +175,56 @@ def hint(
     return out if batched else out[0]
 
 
+def fill_mask_array(image: np.ndarray, mask: np.ndarray, color: np.ndarray | None = None) -> np.ndarray:
+    """`fill_mask` of one `(3, H, W)` float32 image array with an `(H, W)` bool mask, the same values, without
+    validating (for callers that made both arrays); `color`: a `(3,)` float32 fill, None for the masked mean."""
+    if color is None:
+        m = torch.from_numpy(mask)
+        # fill_mask's own torch reduction (the same sum over the same contiguous planes), so the mean is bit-equal.
+        fill = ((torch.from_numpy(image) * m).sum(dim=(-2, -1)) / m.sum().clamp(min=1)).numpy()
+    else:
+        fill = np.asarray(color, dtype=np.float32)
+    return np.where(mask, fill[:, None, None], image)
+
+
+def hint_array(
+    color: np.ndarray,
+    cue: np.ndarray | None,
+    *,
+    mode: str,
+    n_colors: int | None = None,
+    mask: np.ndarray | None = None,
+    keep_texture: bool = True,
+    cue_mode: str = "T",
+    g_neutral: float = 0.5,
+) -> np.ndarray:
+    """`hint` of one image as a float32 array `(7, H, W)`, the same values, from arrays the caller made and knows
+    to be valid (no validation): `color` `(3, H, W)` float32 in [0, 1], `cue` `(2, H, W)` float32 (None allowed in
+    palette mode when texture is dropped), `mask` `(H, W)` bool in patch mode, `n_colors` an int in [1, 256] in palette mode."""
+    check_choice(mode, HINT_MODES, "mode")
+    neutral = np.float32(neutral_value(cue_mode, g_neutral))
+    h, w = color.shape[1:]
+    out = np.empty((HINT_CHANNELS, h, w), dtype=np.float32)
+    out[COLOR] = color
+    if mode == "palette":
+        given = bool(keep_texture) and cue_mode != "none"
+        if given:
+            np.clip(cue, 0.0, 1.0, out=out[CUE])
+        else:
+            out[CUE] = neutral
+        out[COLOR_IND] = np.float32(n_colors) / np.float32(MAX_COLORS_SCALE)
+        out[TEX_IND] = np.float32(given)
+        return out
+    if cue_mode == "none":
+        given_map = np.zeros((h, w), dtype=bool)
+    else:
+        given_map = ~mask | bool(keep_texture)
+    out[CUE] = np.where(given_map, np.clip(cue, 0.0, 1.0), neutral)
+    out[COLOR_IND] = np.where(mask, np.float32(1.0 / MAX_COLORS_SCALE), np.float32(1.0))
+    out[TEX_IND] = given_map
+    return out
+
+
 def split_hint(h: Tensor) -> dict[str, Tensor]:
     """Views of a hint's parts: color (3), cue (2), color_indicator (1), texture_indicator (1), channel dim kept."""
     if not isinstance(h, Tensor) or h.ndim not in (3, 4) or h.shape[-3] != HINT_CHANNELS:

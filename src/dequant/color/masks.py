@@ -64,11 +64,13 @@ def _pieces(labels: np.ndarray) -> np.ndarray:
 
 
 def _boundary_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Label pairs across every 4-neighbour edge whose two pixels differ, both directions."""
-    a = np.concatenate([labels[:, :-1].ravel(), labels[:-1, :].ravel()])
-    b = np.concatenate([labels[:, 1:].ravel(), labels[1:, :].ravel()])
-    differ = a != b
-    a, b = a[differ], b[differ]
+    """Label pairs across every 4-neighbour edge whose two pixels differ, both directions (horizontal edges first,
+    each kind in raster order)."""
+    left, right, up, down = labels[:, :-1], labels[:, 1:], labels[:-1, :], labels[1:, :]
+    # Only the few differing edges are gathered: no copy of the whole map per direction.
+    across, along = left != right, up != down
+    a = np.concatenate([left[across], up[along]])
+    b = np.concatenate([right[across], down[along]])
     return np.concatenate([a, b]), np.concatenate([b, a])
 
 
@@ -258,8 +260,25 @@ def patch_mask(
     given, returns the `(H, W)` 4-connected segments for a segmenter name instead of segmenting `image` (e.g. cut
     out of a segmentation of the whole source image, `cut_labels`); the random draws are the same either way.
     """
-    rgb = _to_hwc(image)
-    h, w = rgb.shape[:2]
+    x, _ = check_image(image, "image", allow_batch=False)
+    chw = x[0].detach().cpu().double().numpy()
+    return torch.from_numpy(patch_mask_array(chw, index, rng, p_superpixel, segmenters, frac_range, segment_max_side,
+                                             labels))
+
+
+def patch_mask_array(
+    chw: np.ndarray,
+    index: Tensor | np.ndarray | None = None,
+    rng: np.random.Generator | int | None = None,
+    p_superpixel: float = 0.9,
+    segmenters: Sequence[str] = SEGMENTERS,
+    frac_range: tuple[float, float] = (0.01, 0.15),
+    segment_max_side: int | None = None,
+    labels: Callable[[str], np.ndarray] | None = None,
+) -> np.ndarray:
+    """`patch_mask` of a `(3, H, W)` float image array in [0, 1] that the caller made (the image is not validated,
+    the other arguments are): the same draws, the same `(H, W)` bool mask. The image is read only to segment it."""
+    h, w = chw.shape[1:]
     idx = None if index is None else _check_index(index, h, w)
     rng = _check_rng(rng)
     if isinstance(p_superpixel, bool) or not isinstance(p_superpixel, numbers.Real) or not 0 <= p_superpixel <= 1:
@@ -276,15 +295,14 @@ def patch_mask(
     if idx is None or rng.random() < p_superpixel:
         method = segmenters[int(rng.integers(len(segmenters)))]
         if labels is None:
-            segments = _segment_np(rgb, method, segment_max_side)
+            # The (H, W, 3) float64 view that _to_hwc gives, so the segmenters see the same array.
+            segments = _segment_np(np.asarray(chw, dtype=np.float64).transpose(1, 2, 0), method, segment_max_side)
         else:
             segments = np.asarray(labels(method))
             if segments.shape != (h, w):
                 raise ValueError(f"labels({method!r}) has shape {segments.shape}, the image has size {(h, w)}")
-        mask = _grow_region(segments, rng, (float(frac_range[0]), float(frac_range[1])))
-    else:
-        mask = _component_mask(idx, rng)
-    return torch.from_numpy(mask)
+        return _grow_region(segments, rng, (float(frac_range[0]), float(frac_range[1])))
+    return _component_mask(idx, rng)
 
 
 def mask_from_point(image: Tensor, x: int, y: int, segmenter: str = "slic") -> Tensor:

@@ -247,6 +247,11 @@ def _lookup_table() -> np.ndarray:
     return table
 
 
+def _check_n_colors(n_colors: object) -> None:
+    if isinstance(n_colors, bool) or not isinstance(n_colors, Integral) or not 1 <= n_colors <= 256:
+        raise ValueError(f"n_colors must be an int in [1, 256], got {n_colors!r}")
+
+
 def median_cut(u8: np.ndarray, n_colors: int) -> tuple[np.ndarray, np.ndarray]:
     """Pillow's median cut of an `(H, W, 3)` uint8 image: (palette `(K, 3)` uint8 in Pillow's order, index `(H, W)`).
 
@@ -255,8 +260,7 @@ def median_cut(u8: np.ndarray, n_colors: int) -> tuple[np.ndarray, np.ndarray]:
     """
     if not isinstance(u8, np.ndarray) or u8.dtype != np.uint8 or u8.ndim != 3 or u8.shape[2] != 3 or u8.size == 0:
         raise ValueError(f"image must be a non-empty (H, W, 3) uint8 array, got {getattr(u8, 'shape', u8)!r}")
-    if isinstance(n_colors, bool) or not isinstance(n_colors, Integral) or not 1 <= n_colors <= 256:
-        raise ValueError(f"n_colors must be an int in [1, 256], got {n_colors!r}")
+    _check_n_colors(n_colors)
     h, w, _ = u8.shape
     # One int per color; any injective key will do, since nothing below depends on the order of the colors.
     rgbx = np.zeros((h * w, 4), dtype=np.uint8)
@@ -264,6 +268,30 @@ def median_cut(u8: np.ndarray, n_colors: int) -> tuple[np.ndarray, np.ndarray]:
     key = rgbx.view(np.uint32).ravel().astype(np.int32)  # r + 256 g + 65536 b on little-endian machines
     if not _LITTLE_ENDIAN:
         key = key.byteswap()
+    palette, index = _median_cut_keys(key, int(n_colors))
+    return palette, index.astype(np.int64).reshape(h, w)
+
+
+def median_cut_planes(u8: np.ndarray, n_colors: int) -> tuple[np.ndarray, np.ndarray]:
+    """`median_cut` of a `(3, H, W)` uint8 image (channel planes): (palette `(K, 3)` uint8, index `(H, W)` uint8).
+
+    The same palette and index map as `median_cut` of the `(H, W, 3)` image, with a uint8 index (K <= 256).
+    """
+    if not isinstance(u8, np.ndarray) or u8.dtype != np.uint8 or u8.ndim != 3 or u8.shape[0] != 3 or u8.size == 0:
+        raise ValueError(f"image must be a non-empty (3, H, W) uint8 array, got {getattr(u8, 'shape', u8)!r}")
+    _check_n_colors(n_colors)
+    key = u8[2].astype(np.int32)
+    key <<= 8
+    key |= u8[1]
+    key <<= 8
+    key |= u8[0]  # r + 256 g + 65536 b, as median_cut's key
+    palette, index = _median_cut_keys(key.ravel(), int(n_colors))
+    return palette, index.reshape(u8.shape[1:])
+
+
+def _median_cut_keys(key: np.ndarray, n_colors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Median cut of pixels given as keys r + 256 g + 65536 b (int32): (palette `(K, 3)` uint8, index uint8)."""
+    n_pixels = key.size
     exact, exact_counts = _distinct(key)
     exact_rgb = np.stack([exact & 255, (exact >> 8) & 255, exact >> 16]).astype(np.int64)  # (3, M)
 
@@ -276,7 +304,7 @@ def median_cut(u8: np.ndarray, n_colors: int) -> tuple[np.ndarray, np.ndarray]:
                                             return_inverse=True)
         coarse = np.stack([values & 255, (values >> 8) & 255, values >> 16])
         coarse_counts = np.bincount(coarse_of_exact, weights=exact_counts).astype(np.int64)
-    leaf = _boxes(coarse, coarse_counts, h * w, int(n_colors))
+    leaf = _boxes(coarse, coarse_counts, n_pixels, n_colors)
     own = leaf if coarse_of_exact is None else leaf[coarse_of_exact]
 
     k = int(leaf.max()) + 1
@@ -286,4 +314,4 @@ def median_cut(u8: np.ndarray, n_colors: int) -> tuple[np.ndarray, np.ndarray]:
     entry = _nearest(exact_rgb.astype(np.int32), own, palette)
     table = _lookup_table()
     table[exact] = entry
-    return palette.astype(np.uint8), table[key].astype(np.int64).reshape(h, w)
+    return palette.astype(np.uint8), table[key]

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from dequant.color._checks import check_choice, check_image
 from dequant.color.colorspace import lab_to_rgb, rgb_to_lab
-from dequant.color.median_cut import median_cut
+from dequant.color.median_cut import median_cut, median_cut_planes
 
 METHODS = ("median_cut", "kmeans")
 SPACES = ("rgb", "lab")
@@ -117,6 +117,13 @@ def _to_hwc(image: Tensor) -> tuple[np.ndarray, np.ndarray]:
     rgb = image.detach().to("cpu", torch.float32).permute(1, 2, 0).contiguous()
     u8 = (rgb * 255.0).round_().clamp_(0, 255).to(torch.uint8)
     return rgb.numpy(), u8.numpy()
+
+
+def to_u8_array(chw: np.ndarray) -> np.ndarray:
+    """A `(3, H, W)` image in [0, 1] as uint8 planes, rounded as `_to_hwc` rounds (float32 product, half to even)."""
+    u8 = np.rint(np.asarray(chw, dtype=np.float32) * np.float32(255.0))
+    np.clip(u8, 0.0, 255.0, out=u8)
+    return u8.astype(np.uint8)
 
 
 def _median_cut(u8: np.ndarray, n_colors: int) -> tuple[np.ndarray, np.ndarray]:
@@ -323,6 +330,19 @@ class Quantizer:
         """Quantize one image `(3, H, W)` to at most `n_colors` colors."""
         batch, _ = check_image(image, "image", allow_batch=False)
         return _quantize_one(batch[0], _check_n_colors(n_colors), self.method, self.space, _check_seed(seed))
+
+    def color_array(self, rgb: np.ndarray, n_colors: int, seed: int = 0, u8: np.ndarray | None = None) -> np.ndarray:
+        """`self(torch.from_numpy(rgb), n_colors, seed).image` as a float32 array `(3, H, W)`, without validating
+        `rgb` (a float32 `(3, H, W)` array in [0, 1] that the caller made; `u8`: its `to_u8_array`, if at hand).
+
+        The median cut skips building a `Quantized` (its merging and sorting of colors does not change the image).
+        """
+        n = _check_n_colors(n_colors)
+        if self.method != "median_cut":
+            return self(torch.from_numpy(rgb), n, seed).image.numpy()
+        palette, index = median_cut_planes(to_u8_array(rgb) if u8 is None else u8, n)
+        lut = palette.T.astype(np.float32) / np.float32(255.0)  # the palette of _quantize_one
+        return np.stack([np.take(lut[c], index) for c in range(3)])
 
     def __repr__(self) -> str:
         return f"Quantizer(method={self.method!r}, space={self.space!r})"

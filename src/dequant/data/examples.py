@@ -44,9 +44,9 @@ from torch import Tensor
 from dequant.color._checks import check_choice, check_image
 from dequant.color.colorspace import rgb_to_lab
 from dequant.color.cues import TextureCue
-from dequant.color.hint import fill_mask, hint
-from dequant.color.masks import SEGMENTERS, cut_labels, patch_mask, segment_image
-from dequant.color.quantize import Quantizer
+from dequant.color.hint import fill_mask_array, hint_array
+from dequant.color.masks import SEGMENTERS, cut_labels, patch_mask_array, segment_image
+from dequant.color.quantize import Quantizer, to_u8_array
 from dequant.data.palette_sizes import PaletteSizeDistribution, WeightedPowerOfTwo
 from dequant.data.resize import resize_array, short_side_size
 
@@ -229,7 +229,8 @@ class ExampleMaker:
             meta["small"] = True
         else:
             short = int(rng.integers(s, min(h, w) + 1))
-            chw = resize_array(chw, *short_side_size(h, w, short))
+            # Unclipped: only the crop is clipped below (clipping commutes with cropping).
+            chw = resize_array(chw, *short_side_size(h, w, short), clip=False)
             meta["short_side"] = short
             meta["small"] = False
         h, w = chw.shape[1:]
@@ -304,6 +305,11 @@ class ExampleMaker:
         q_seed = int(rng.integers(2**31))
         keep = bool(self.cue.keep_texture(rng))
         s = self.crop_size
+        # Everything below works on numpy arrays this method made, so no stage re-validates them; the torch
+        # functions they mirror (quantize, patch_mask, fill_mask, texture_cue, hint) give the same values
+        # (tests/data/test_examples.py compares whole examples with them).
+        rgb = target.numpy()
+        u8 = None
 
         if patch:
             superpixel = bool(rng.random() < self.p_superpixel)
@@ -317,29 +323,36 @@ class ExampleMaker:
                 if self.segment_source == "image":
                     cache = {} if segment_cache is None else segment_cache
                     labels = lambda method: self._labels(method, meta, source, cache)  # noqa: E731
-                mask = patch_mask(target, index, rng, p_superpixel=1.0 if superpixel else 0.0,
-                                  segmenters=self.segmenters, frac_range=self.mask_frac,
-                                  segment_max_side=self.segment_max_side, labels=labels)
-                fill = torch.from_numpy(rng.random(3).astype(np.float32)) if eval_mode else None
-                color = fill_mask(target, mask, fill)
+                mask = patch_mask_array(rgb, index, rng, p_superpixel=1.0 if superpixel else 0.0,
+                                        segmenters=self.segmenters, frac_range=self.mask_frac,
+                                        segment_max_side=self.segment_max_side, labels=labels)
+                fill = rng.random(3).astype(np.float32) if eval_mode else None
+                color = fill_mask_array(rgb, mask, fill)
             meta["superpixel"] = superpixel
         else:
             with self._stage("quantize"):
-                color = self.quantizer(target, n_colors, seed=q_seed).image
-            mask = torch.zeros((s, s), dtype=torch.bool)
+                if type(self.quantizer) is Quantizer:
+                    u8 = to_u8_array(rgb) if self.quantizer.method == "median_cut" else None
+                    color = self.quantizer.color_array(rgb, n_colors, seed=q_seed, u8=u8)
+                else:  # any other callable (quantizer, n_colors, seed) -> Quantized
+                    color = self.quantizer(target, n_colors, seed=q_seed).image.numpy()
+            mask = None
 
         with self._stage("cue"):
-            needed = keep or patch  # a palette example whose texture is dropped never reads the cue
-            cue = self.cue(target) if needed else torch.zeros((2, s, s), dtype=torch.float32)
+            cue = None
+            if keep or patch:  # a palette example whose texture is dropped never reads the cue
+                if type(self.cue) is TextureCue:
+                    cue = self.cue.array(rgb, to_u8_array(rgb) if u8 is None else u8)
+                else:
+                    cue = self.cue(target).numpy()
         with self._stage("hint"):
-            h = hint(color, cue, mode="patch" if patch else "palette", n_colors=None if patch else n_colors,
-                     mask=mask if patch else None, keep_texture=keep, cue_mode=self.cue.mode,
-                     g_neutral=self.cue.g_neutral)
+            h = hint_array(color, cue, mode="patch" if patch else "palette", n_colors=None if patch else n_colors,
+                           mask=mask, keep_texture=keep, cue_mode=self.cue.mode, g_neutral=self.cue.g_neutral)
         self._count += 1
         return {
-            "hint": h.float().contiguous(),
+            "hint": torch.from_numpy(h),
             "target": target,
-            "mask": mask,
+            "mask": torch.zeros((s, s), dtype=torch.bool) if mask is None else torch.from_numpy(mask),
             "n_colors": n_colors,
             "patch": patch,
             "keep_texture": keep,

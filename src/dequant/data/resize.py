@@ -17,16 +17,22 @@ def interpolation(scale: float) -> int:
     return cv2.INTER_AREA if scale < AREA_BELOW else cv2.INTER_CUBIC
 
 
-def resize_array(chw: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a `(3, H, W)` float32 array to `height` x `width`; the same array when the size already fits."""
+def resize_array(chw: np.ndarray, height: int, width: int, *, clip: bool = True) -> np.ndarray:
+    """Resize a `(3, H, W)` float32 array to `height` x `width`; the same array when the size already fits.
+
+    `clip=False` leaves bicubic's overshoot outside [0, 1] in place, for a caller that clips only the part it keeps
+    (clipping commutes with cropping, so the kept part is the same).
+    """
     h, w = chw.shape[1:]
     if (h, w) == (height, width):
         return chw
     interp = interpolation(min(height / h, width / w))
-    # One call per channel on contiguous planes avoids an HWC transpose copy of the whole image.
-    out = np.stack([cv2.resize(np.ascontiguousarray(plane), (width, height), interpolation=interp)
-                    for plane in chw])
-    return np.clip(out, 0.0, 1.0, out=out)
+    # One call per channel on contiguous planes, each written straight into its plane of the result: no HWC
+    # transpose copy of the whole image, and no stacking copy.
+    out = np.empty((chw.shape[0], height, width), dtype=chw.dtype)
+    for plane, dst in zip(chw, out):
+        cv2.resize(np.ascontiguousarray(plane), (width, height), dst=dst, interpolation=interp)
+    return np.clip(out, 0.0, 1.0, out=out) if clip else out
 
 
 def resize(image: Tensor, height: int, width: int) -> Tensor:
