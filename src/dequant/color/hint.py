@@ -184,7 +184,9 @@ def fill_mask_array(image: np.ndarray, mask: np.ndarray, color: np.ndarray | Non
         fill = ((torch.from_numpy(image) * m).sum(dim=(-2, -1)) / m.sum().clamp(min=1)).numpy()
     else:
         fill = np.asarray(color, dtype=np.float32)
-    return np.where(mask, fill[:, None, None], image)
+    out = np.array(image, dtype=np.float32)
+    out[:, mask] = fill[:, None]
+    return out
 
 
 def hint_array(
@@ -219,8 +221,10 @@ def hint_array(
         given_map = np.zeros((h, w), dtype=bool)
     else:
         given_map = ~mask | bool(keep_texture)
-    out[CUE] = np.where(given_map, np.clip(cue, 0.0, 1.0), neutral)
-    out[COLOR_IND] = np.where(mask, np.float32(1.0 / MAX_COLORS_SCALE), np.float32(1.0))
+    np.clip(cue, 0.0, 1.0, out=out[CUE])
+    np.copyto(out[CUE], neutral, where=~given_map)
+    out[COLOR_IND] = np.float32(1.0)
+    out[COLOR_IND][mask] = np.float32(1.0 / MAX_COLORS_SCALE)
     out[TEX_IND] = given_map
     return out
 

@@ -16,8 +16,6 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 import torch
-from scipy import sparse
-from scipy.sparse import csgraph
 from skimage import color as skcolor
 from skimage import filters, measure, segmentation
 from torch import Tensor
@@ -66,11 +64,14 @@ def _pieces(labels: np.ndarray) -> np.ndarray:
 def _boundary_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Label pairs across every 4-neighbour edge whose two pixels differ, both directions (horizontal edges first,
     each kind in raster order)."""
-    left, right, up, down = labels[:, :-1], labels[:, 1:], labels[:-1, :], labels[1:, :]
-    # Only the few differing edges are gathered: no copy of the whole map per direction.
-    across, along = left != right, up != down
-    a = np.concatenate([left[across], up[along]])
-    b = np.concatenate([right[across], down[along]])
+    w = labels.shape[1]
+    flat = np.ascontiguousarray(labels).ravel()
+    # Differing neighbours found on the flat map (contiguous compares), then only those few edges are gathered.
+    across = np.flatnonzero(flat[:-1] != flat[1:])
+    across = across[across % w != w - 1]  # a row's last pixel and the next row's first are no edge
+    along = np.flatnonzero(flat[:-w] != flat[w:])
+    a = np.concatenate([flat[across], flat[along]])
+    b = np.concatenate([flat[across + 1], flat[along + w]])
     return np.concatenate([a, b]), np.concatenate([b, a])
 
 
@@ -107,17 +108,40 @@ def _merge_into_neighbours(pieces: np.ndarray, is_main: np.ndarray) -> np.ndarra
     if is_main.all():
         return pieces
     a, b = _boundary_pairs(pieces)
-    keys, border = np.unique(a * n + b, return_counts=True)
+    frag = ~is_main[a]  # only the borders of pieces that merge matter
+    keys, border = _distinct_pairs(a[frag] * n + b[frag], n * n)
     src, dst = keys // n, keys % n
-    frag = ~is_main[src]
-    src, dst, border = src[frag], dst[frag], border[frag]
     best = np.lexsort((-border, src))
     first = np.ones(best.size, dtype=bool)
     first[1:] = src[best[1:]] != src[best[:-1]]
     src, dst = src[best[first]], dst[best[first]]
-    graph = sparse.coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(n, n))
-    _, merged = csgraph.connected_components(graph, directed=False)
-    return merged.astype(np.int64)[pieces]
+    return _components(n, src, dst)[pieces]
+
+
+def _distinct_pairs(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(keys, return_counts=True)` of int keys in [0, n_keys): one bincount when the range is small."""
+    if n_keys > max(1 << 16, 4 * keys.size):  # a count array much longer than the keys: sorting them is cheaper
+        return np.unique(keys, return_counts=True)
+    counts = np.bincount(keys, minlength=n_keys)
+    distinct = np.flatnonzero(counts)
+    return distinct, counts[distinct]
+
+
+def _components(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Connected components (int64, numbered in the order of their smallest node, as scipy's
+    `csgraph.connected_components`) of the undirected graph on nodes 0..n-1 with edges `src`-`dst`."""
+    label = np.arange(n)
+    # Min-label propagation: every label is a node of the same component, never above the node itself, so
+    # label[label] may jump ahead; at the fixed point each component carries its smallest node.
+    while True:
+        new = label.copy()
+        np.minimum.at(new, src, label[dst])
+        np.minimum.at(new, dst, label[src])
+        new = new[new]
+        if np.array_equal(new, label):
+            break
+        label = new
+    return np.unique(label, return_inverse=True)[1].reshape(-1)
 
 
 def _check_max_side(max_side: int | None) -> None:
@@ -182,7 +206,7 @@ def adjacency(labels: np.ndarray, n_labels: int | None = None) -> tuple[np.ndarr
     """CSR neighbour lists `(indptr, indices)` of labels that touch along a 4-neighbour edge."""
     n = int(labels.max()) + 1 if n_labels is None else n_labels
     a, b = _boundary_pairs(labels)
-    keys = np.unique(a * n + b)
+    keys, _ = _distinct_pairs(a.astype(np.int64) * n + b, n * n)
     src, dst = keys // n, keys % n
     indptr = np.searchsorted(src, np.arange(n + 1))
     return indptr, dst

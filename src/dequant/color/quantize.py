@@ -344,5 +344,23 @@ class Quantizer:
         lut = palette.T.astype(np.float32) / np.float32(255.0)  # the palette of _quantize_one
         return np.stack([np.take(lut[c], index) for c in range(3)])
 
+    def index_array(self, rgb: np.ndarray, n_colors: int, seed: int = 0, u8: np.ndarray | None = None) -> np.ndarray:
+        """`self(torch.from_numpy(rgb), n_colors, seed).index` as an int64 array `(H, W)`, without validating `rgb`
+        (as `color_array`); the median cut renumbers its colors as `Quantized.from_assignment` does, in numpy."""
+        n = _check_n_colors(n_colors)
+        if self.method != "median_cut":
+            return self(torch.from_numpy(rgb), n, seed).index.numpy()
+        palette, index = median_cut_planes(to_u8_array(rgb) if u8 is None else u8, n)
+        # from_assignment: equal colors merge (rows sorted as torch.unique sorts them), then colors are ordered by
+        # pixel count, descending, ties in that row order; unused colors go.
+        _, remap = np.unique(palette, axis=0, return_inverse=True)
+        remap = remap.reshape(-1)
+        counts = np.bincount(remap[index.ravel()], minlength=int(remap.max()) + 1)
+        order = np.argsort(-counts, kind="stable")
+        order = order[counts[order] > 0]
+        new_of_old = np.full(counts.size, -1, dtype=np.int64)
+        new_of_old[order] = np.arange(order.size)
+        return new_of_old[remap][index]
+
     def __repr__(self) -> str:
         return f"Quantizer(method={self.method!r}, space={self.space!r})"

@@ -317,7 +317,10 @@ class ExampleMaker:
             if not superpixel:
                 # Only index-map masks need the quantization, so 90% of patch examples skip it.
                 with self._stage("quantize"):
-                    index = self.quantizer(target, n_colors, seed=q_seed).index
+                    if type(self.quantizer) is Quantizer:
+                        index = self.quantizer.index_array(rgb, n_colors, seed=q_seed)
+                    else:
+                        index = self.quantizer(target, n_colors, seed=q_seed).index
             with self._stage("mask"):
                 labels = None
                 if self.segment_source == "image":
