@@ -152,3 +152,24 @@ def test_gpu_matches_cpu(mode):
     on_gpu = texture_cue(image.cuda(), mode)
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), texture_cue(image, mode), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", CUE_MODES)
+def test_cue_from_the_8bit_planes_equals_texture_cue(mode):
+    # TextureCue.array (the example maker's cue) against texture_cue, on pixels exactly halfway between 8-bit
+    # levels (the rounding) and thresholds just below a half-integer gradient (torch compares in float32).
+    from dequant.color.quantize import _to_hwc, to_u8_array
+
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        h, w = (int(v) for v in rng.integers(1, 14, 2))
+        x = rng.random((3, h, w), dtype=np.float32)
+        if trial % 2:
+            x = ((rng.integers(0, 255, (3, h, w)) + 0.5) / 255).astype(np.float32)
+        u8 = to_u8_array(x)
+        assert np.array_equal(u8, _to_hwc(torch.from_numpy(x))[1].transpose(2, 0, 1))
+        threshold = float(rng.choice([8.0, 7.9999999, 3.5, 0.0, 12.25]))
+        cue = TextureCue(mode=mode, threshold=threshold)
+        got = cue.array(x, u8)
+        assert got.dtype == np.float32 and torch.equal(torch.from_numpy(got), texture_cue(torch.from_numpy(x),
+                                                                                            mode, threshold))

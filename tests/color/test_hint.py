@@ -191,3 +191,29 @@ def test_other_bad_arguments():
         fill_mask(image(0), box_mask(), color=(1.0, 0.0, 255.0))
     with pytest.raises(ValueError, match="h must"):
         split_hint(torch.zeros(6, H, W))
+
+
+@pytest.mark.parametrize("cue_mode", CUE_MODES)
+def test_hint_array_equals_hint(cue_mode):
+    # The example maker's numpy hint: the same values as hint() for every mode, texture choice and mask.
+    from dequant.color.hint import fill_mask_array, hint_array
+
+    rng = np.random.default_rng(3)
+    for trial in range(12):
+        x = image(trial)
+        cue = texture_cue(x, "G" if cue_mode == "G" else "T")
+        mask = torch.from_numpy(rng.random((H, W)) < rng.random())
+        keep = bool(trial % 2)
+        fill = None if trial % 3 else rng.random(3).astype(np.float32)
+        filled = fill_mask(x, mask, None if fill is None else torch.from_numpy(fill))
+        filled_np = fill_mask_array(x.numpy(), mask.numpy(), fill)
+        assert filled_np.dtype == np.float32 and torch.equal(torch.from_numpy(filled_np), filled)
+        n = int(rng.integers(1, 257))
+        for mode, kwargs in (("palette", {"n_colors": n}), ("patch", {"mask": mask})):
+            ref = hint(filled, cue, mode=mode, keep_texture=keep, cue_mode=cue_mode, g_neutral=0.25, **kwargs)
+            np_kwargs = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+            got = hint_array(filled.numpy(), cue.numpy(), mode=mode, keep_texture=keep, cue_mode=cue_mode,
+                             g_neutral=0.25, **np_kwargs)
+            assert got.dtype == np.float32 and torch.equal(torch.from_numpy(got), ref), (mode, keep)
+    dropped = hint_array(image().numpy(), None, mode="palette", n_colors=4, keep_texture=False, cue_mode=cue_mode)
+    assert (dropped[CUE] == neutral_value(cue_mode)).all() and (dropped[TEX_IND] == 0).all()

@@ -209,3 +209,35 @@ def test_segment_image_density_matches_region():
     assert whole.dtype == np.int32 and int(whole.max()) + 1 > 2 * (int(once.max()) + 1)
     with pytest.raises(ValueError, match="region_area"):
         masks.segment_image(image, "slic", 0)
+
+
+def test_boundary_pairs_and_components_match_the_plain_definitions():
+    # The fast boundary pairs (flat compares) and components (min-label propagation) against the obvious code and
+    # scipy's connected_components, whose numbering the segment numbers (and so the random draws) depend on.
+    from scipy import sparse
+    from scipy.sparse import csgraph
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        h, w = (int(v) for v in rng.integers(1, 20, 2))
+        lab = rng.integers(0, int(rng.integers(1, 6)), (h, w))
+        a = np.concatenate([lab[:, :-1].ravel(), lab[:-1, :].ravel()])
+        b = np.concatenate([lab[:, 1:].ravel(), lab[1:, :].ravel()])
+        a, b = a[a != b], b[a != b]
+        for got, want in zip(masks._boundary_pairs(lab), (np.concatenate([a, b]), np.concatenate([b, a]))):
+            np.testing.assert_array_equal(got, want)
+        n = int(rng.integers(1, 40))
+        src, dst = rng.integers(0, n, (2, int(rng.integers(0, 2 * n))))
+        graph = sparse.coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(n, n))
+        np.testing.assert_array_equal(masks._components(n, src, dst),
+                                      csgraph.connected_components(graph, directed=False)[1])
+
+
+def test_patch_mask_array_equals_patch_mask(photo):
+    index = torch.from_numpy(np.random.default_rng(1).integers(0, 3, (32, 32)))
+    for seed in range(8):
+        for idx in (None, index):
+            want = patch_mask(photo, idx, np.random.default_rng(seed), p_superpixel=0.5, segment_max_side=16)
+            got = masks.patch_mask_array(photo.numpy(), idx, np.random.default_rng(seed), p_superpixel=0.5,
+                                         segment_max_side=16)
+            assert got.dtype == np.bool_ and torch.equal(torch.from_numpy(got), want)

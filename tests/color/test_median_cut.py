@@ -102,3 +102,15 @@ def test_bad_input():
         median_cut(np.zeros((4, 4, 3), dtype=np.uint8), 0)
     with pytest.raises(ValueError, match="n_colors"):
         median_cut(np.zeros((4, 4, 3), dtype=np.uint8), 257)
+
+
+@settings(max_examples=30)
+@given(u8=images(), n_colors=st.integers(1, 256))
+def test_planes_give_the_same_palette_and_index(u8, n_colors):
+    from dequant.color.median_cut import median_cut_planes
+
+    palette, index = median_cut(u8, n_colors)
+    planes_palette, planes_index = median_cut_planes(np.ascontiguousarray(u8.transpose(2, 0, 1)), n_colors)
+    np.testing.assert_array_equal(planes_palette, palette)
+    assert planes_index.dtype == np.uint8
+    np.testing.assert_array_equal(planes_index, index)

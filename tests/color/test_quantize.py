@@ -295,3 +295,24 @@ def test_from_assignment_compacts_and_sorts():
     assert torch.equal(q.image, palette[index].permute(2, 0, 1))
     with pytest.raises(ValueError, match="index"):
         Quantized.from_assignment(palette, torch.tensor([[4]]))
+
+
+@given(seed=st.integers(0, 2**32 - 1), n_colors=st.integers(1, 40), levels=st.sampled_from([2, 3, 256]))
+def test_color_and_index_arrays_equal_the_quantized(seed, n_colors, levels):
+    # The example maker's median cut (no Quantized built): the same image, and the same index map as
+    # Quantized.from_assignment numbers it (equal palette colors merged, sorted by pixel count).
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(1, 20, 2))
+    x = (rng.integers(0, levels, (3, h, w)) / (levels - 1)).astype(np.float32)
+    q = Quantizer()
+    ref = q(torch.from_numpy(x), n_colors)
+    assert torch.equal(torch.from_numpy(q.color_array(x, n_colors)), ref.image)
+    assert torch.equal(torch.from_numpy(q.index_array(x, n_colors)), ref.index)
+
+
+def test_color_and_index_arrays_of_kmeans_go_through_the_quantizer():
+    x = np.random.default_rng(0).random((3, 12, 10), dtype=np.float32)
+    q = Quantizer("kmeans")
+    ref = q(torch.from_numpy(x), 5, seed=7)
+    assert torch.equal(torch.from_numpy(q.color_array(x, 5, seed=7)), ref.image)
+    assert torch.equal(torch.from_numpy(q.index_array(x, 5, seed=7)), ref.index)

@@ -281,3 +281,93 @@ def test_image_segmentation_mask_follows_crop_and_flip(photo):
     # Same partition mirrored (numbering may differ).
     a, b = plain[:, ::-1].ravel(), flipped.ravel()
     assert len(set(zip(a.tolist(), b.tolist()))) == len(np.unique(a)) == len(np.unique(b))
+
+
+# ------------------------------------------------------------------------------------ the same examples as before
+
+
+def _reference_example(maker: ExampleMaker, image: torch.Tensor, rng: np.random.Generator, eval_mode: bool,
+                       cache: dict) -> dict:
+    """The example as the maker made it before it worked on its own numpy arrays (issue 10): every stage through
+    the validated torch functions (quantize, patch_mask, fill_mask, texture cue, hint), the rescale clipped whole."""
+    from dequant.color.hint import fill_mask, hint
+    from dequant.color.masks import patch_mask
+    from dequant.data.examples import GRAY_METHODS, _image_array, _scale_saturation, _to_gray
+    from dequant.data.resize import resize_array, short_side_size
+
+    chw = source = maker._fit(_image_array(image))
+    s = maker.crop_size
+    h, w = chw.shape[1:]
+    meta: dict = {"source_size": tuple(image.shape[1:])}
+    if min(h, w) < s:
+        chw, meta["short_side"], meta["small"] = maker._small(chw), s, True
+    else:
+        short = int(rng.integers(s, min(h, w) + 1))
+        chw, meta["short_side"], meta["small"] = resize_array(chw, *short_side_size(h, w, short)), short, False
+    h, w = chw.shape[1:]
+    meta["scaled_size"] = (h, w)
+    top, left = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+    chw = chw[:, top:top + s, left:left + s]
+    meta["crop"] = (top, left)
+    meta["flip"] = bool(rng.random() < 0.5)
+    if meta["flip"]:
+        chw = chw[:, :, ::-1]
+    chw = np.clip(chw, 0.0, 1.0).astype(np.float32, copy=False)
+    meta["gray"] = None
+    if rng.random() < maker.p_gray:
+        meta["gray"] = GRAY_METHODS[int(rng.integers(len(GRAY_METHODS)))]
+        chw = _to_gray(chw, meta["gray"])
+    meta["saturation"] = None
+    if rng.random() < maker.p_saturation:
+        meta["saturation"] = float(rng.uniform(0.0, 2.0))
+        chw = _scale_saturation(chw, meta["saturation"])
+    target = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))
+
+    n_colors = int(maker.palette_sizes.sample(rng))
+    patch = bool(rng.random() < maker.p_patch)
+    q_seed = int(rng.integers(2**31))
+    keep = bool(maker.cue.keep_texture(rng))
+    if patch:
+        superpixel = bool(rng.random() < maker.p_superpixel)
+        index = None if superpixel else maker.quantizer(target, n_colors, seed=q_seed).index
+        labels = None
+        if maker.segment_source == "image":
+            labels = lambda method: maker._labels(method, meta, source, cache)  # noqa: E731
+        mask = patch_mask(target, index, rng, p_superpixel=1.0 if superpixel else 0.0, segmenters=maker.segmenters,
+                          frac_range=maker.mask_frac, segment_max_side=maker.segment_max_side, labels=labels)
+        fill = torch.from_numpy(rng.random(3).astype(np.float32)) if eval_mode else None
+        color = fill_mask(target, mask, fill)
+        meta["superpixel"] = superpixel
+    else:
+        color = maker.quantizer(target, n_colors, seed=q_seed).image
+        mask = torch.zeros((s, s), dtype=torch.bool)
+    cue = maker.cue(target) if keep or patch else torch.zeros((2, s, s))
+    h = hint(color, cue, mode="patch" if patch else "palette", n_colors=None if patch else n_colors,
+             mask=mask if patch else None, keep_texture=keep, cue_mode=maker.cue.mode, g_neutral=maker.cue.g_neutral)
+    return {"hint": h, "target": target, "mask": mask, "n_colors": n_colors, "patch": patch, "keep_texture": keep,
+            "meta": meta}
+
+
+@pytest.mark.parametrize("config", [
+    {"p_superpixel": 0.5, "p_gray": 0.3, "p_saturation": 0.3},
+    {"segment_source": "image", "segment_max_side": None, "cue": TextureCue(mode="G", g_neutral=0.0)},
+    {"cue": TextureCue(mode="L"), "p_superpixel": 0.0, "segmenters": ("slic",)},
+    {"cue": TextureCue(mode="none"), "quantizer": Quantizer("kmeans"), "p_superpixel": 0.3},
+    {"cue": TextureCue(threshold=7.9999999), "segment_max_side": 16, "max_short_side": 40},
+])
+def test_examples_equal_the_validated_torch_pipeline(photo, config):
+    # Bit-identical examples for the same seed, whatever path the maker takes internally.
+    maker = _maker(**config)
+    tiny = photo[:, :20, :28].contiguous()
+    cache: dict = {}
+    seen = set()
+    for seed in range(10):
+        for image in (photo, tiny):
+            for eval_mode in (False, True):
+                ex = maker(image, np.random.default_rng([seed, eval_mode]), eval_mode=eval_mode, segment_cache=cache)
+                ref = _reference_example(maker, image, np.random.default_rng([seed, eval_mode]), eval_mode, cache)
+                for key in ("hint", "target", "mask"):
+                    assert ex[key].dtype == ref[key].dtype and torch.equal(ex[key], ref[key]), (key, seed, eval_mode)
+                assert all(ex[k] == ref[k] for k in ("n_colors", "patch", "keep_texture", "meta"))
+                seen.add((ex["patch"], ex["meta"].get("superpixel")))
+    assert (False, None) in seen and {(True, config.get("p_superpixel", 0.9) > 0)} <= seen  # both modes compared
