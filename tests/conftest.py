@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,44 @@ def save_tiny_pretrained_unet():
         return folder
 
     return save
+
+
+@pytest.fixture
+def run_script(capsys: pytest.CaptureFixture,
+               monkeypatch: pytest.MonkeyPatch) -> Callable[..., tuple[int, str, str]]:
+    """A function that runs a script of the checkout (`train.py`, `evaluate.py`) in this process exactly as
+    `python <script> <args>` runs it from the checkout (runpy as `__main__`, same argv and folder) and returns its
+    exit code, stdout and stderr.
+
+    For checks of what a script answers (exit code, its one-line error) without paying a new interpreter and the
+    torch/Lightning imports per case; tests of the process itself (signals, DDP, installed commands) start one.
+    """
+    import logging
+    import runpy
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    def run(script: str, *args: object) -> tuple[int, str, str]:
+        capsys.readouterr()
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level  # Hydra configures the root logger for its job
+        monkeypatch.setattr(sys, "argv", [script, *(str(a) for a in args)])
+        monkeypatch.chdir(ROOT)
+        try:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+            code = 0
+        except SystemExit as exc:  # what the process would exit with (sys.exit(None) is 0, a message is 1)
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        finally:
+            GlobalHydra.instance().clear()
+            HydraConfig.instance().cfg = None
+            for handler in root.handlers:
+                if handler not in handlers:
+                    handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

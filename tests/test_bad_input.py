@@ -415,7 +415,9 @@ def test_missing_output_folder_is_created(files, tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize("case", ["target_value_error", "missing_folder", "unwritable_run_dir"])
-def test_train_py_bad_input_is_one_line_exit_2(case: str, under_a_file: Path, tmp_path: Path) -> None:
+def test_train_py_bad_input_is_one_line_exit_2(case: str, under_a_file: Path, tmp_path: Path, run_script) -> None:
+    """train.py as `python train.py` runs it, in this process (run_script): the errors come from inside train();
+    a separate train.py process answering bad input with exit 2 is tested in test_cluster.py."""
     run_dir = under_a_file / "out" if case == "unwritable_run_dir" else tmp_path / "run"
     extra = {"target_value_error": ["palette=fixed_4", "palette.n=0"],
              "missing_folder": [f"data.paths={tmp_path / 'nowhere'}"],
@@ -425,11 +427,10 @@ def test_train_py_bad_input_is_one_line_exit_2(case: str, under_a_file: Path, tm
                 "missing_folder": f"train.py: error: paths entry '{tmp_path / 'nowhere'}': no such file or folder",
                 "unwritable_run_dir": f"train.py: error: paths.run_dir '{run_dir}' cannot be made: "
                                       f"'{under_a_file}' is a file"}[case]
-    proc = subprocess.run([sys.executable, "train.py", "experiment=tiny", f"hydra.run.dir={tmp_path / 'hydra'}",
-                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1] == expected
-    assert "Traceback" not in proc.stderr
+    code, _, err = run_script("train.py", "experiment=tiny", f"hydra.run.dir={tmp_path / 'hydra'}", *extra)
+    assert code == 2, err[-2000:]
+    assert err.strip().splitlines()[-1] == expected
+    assert "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

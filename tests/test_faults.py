@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
+import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +153,8 @@ def _kill_step(name: str) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_at_a_random_step_then_resume_matches_the_uninterrupted_run(reference: Path, tmp_path: Path) -> None:
+def test_sigkill_at_a_random_step_then_resume_matches_the_uninterrupted_run(reference: Path, tmp_path: Path,
+                                                                          caplog) -> None:
     run, log = tmp_path / "run", tmp_path / "train.log"
     step = _kill_step("SIGKILL")
     proc = _launch(run, log)
@@ -162,12 +167,19 @@ def test_sigkill_at_a_random_step_then_resume_matches_the_uninterrupted_run(refe
     killed_at = _ckpt(run / "checkpoints" / "last.ckpt")["global_step"]
     assert step - 1 <= killed_at < MAX_STEPS
 
-    resume_log = tmp_path / "resume.log"
-    proc = _launch(run, resume_log, "ckpt_path=last")
-    assert proc.wait(timeout=300) == 0, resume_log.read_text()[-3000:]
-    assert "Restored all states" in resume_log.read_text()
+    # The resume runs what train.py runs, in this process (as in the preemption tests below): the killed run's
+    # process is gone either way.
+    lightning_log = logging.getLogger("lightning.pytorch")
+    lightning_log.addHandler(caplog.handler)  # in case Lightning stopped its records from reaching the root logger
+    try:
+        with caplog.at_level(logging.INFO):
+            result = train(_cfg(run, "ckpt_path=last"))
+    finally:
+        lightning_log.removeHandler(caplog.handler)
+    assert result["global_step"] == MAX_STEPS and Path(result["resumed_from"]).parent == run / "checkpoints"
+    assert "Restored all states" in caplog.text
     # The killed run's lock (its process is gone) is taken over: resuming needs nothing but ckpt_path=last.
-    assert "taking over the lock" in resume_log.read_text() and not (run / ".dequant.lock").exists()
+    assert "taking over the lock" in caplog.text and not (run / ".dequant.lock").exists()
     _assert_same_data_order(reference, run)
     _assert_same_training_state(reference / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt")
     files = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -209,48 +221,69 @@ def test_preemption_callback_rejects_bad_signals() -> None:
 
 # --------------------------------------------------------------------------------------- atomic checkpoints
 
-_CHILD = r"""
-import io, sys, time
-import torch
-from dequant.callbacks import AtomicCheckpointIO
+def _stall_during_a_write(target: Path, mode: str) -> int:
+    """Fork a child that saves step 1 to `target` with AtomicCheckpointIO, then stalls inside the step-2 write
+    (`half_written`: the disk stops half-way through the bytes; `before_rename`: all bytes written, it stalls before
+    they are durable, so before the rename); return its pid once it has stalled.
 
-path, mode = sys.argv[1], sys.argv[2]
-writer = AtomicCheckpointIO()
-writer.save_checkpoint({"state_dict": {"w": torch.zeros(4)}, "global_step": 1, "loops": {}}, path)
-real_save = torch.save
+    A fork, not a new interpreter: the child has this process's torch and dequant already imported, and what is
+    tested (a process killed in the middle of a write) is the same.
+    """
+    first = {"state_dict": {"w": torch.zeros(4)}, "global_step": 1, "loops": {}}
+    second = {"state_dict": {"w": torch.ones(100_000)}, "global_step": 2, "loops": {}}
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read_end)
+            writer = AtomicCheckpointIO()
+            writer.save_checkpoint(first, target)
+            real_save = torch.save
 
-def half_then_hang(obj, f):  # the disk stalls half-way through the bytes
-    buf = io.BytesIO()
-    real_save(obj, buf)
-    f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-    f.flush()
-    print("STALLED", flush=True)
-    time.sleep(600)
+            def half_then_hang(obj, f):
+                buf = io.BytesIO()
+                real_save(obj, buf)
+                f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+                f.flush()
+                os.write(write_end, b"STALLED\n")
+                time.sleep(600)
 
-def hang(fd):  # all bytes written, stalls before they are durable (and before the rename)
-    print("STALLED", flush=True)
-    time.sleep(600)
+            def hang(fd):
+                os.write(write_end, b"STALLED\n")
+                time.sleep(600)
 
-if mode == "half_written":
-    torch.save = half_then_hang
-else:
-    import os
-    os.fsync = hang
-writer.save_checkpoint({"state_dict": {"w": torch.ones(100_000)}, "global_step": 2, "loops": {}}, path)
-"""
+            if mode == "half_written":
+                torch.save = half_then_hang
+            else:
+                os.fsync = hang
+            writer.save_checkpoint(second, target)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(1)
+    os.close(write_end)
+    ready, _, _ = select.select([read_end], [], [], 120)
+    said = os.read(read_end, 64) if ready else b""
+    os.close(read_end)
+    if said != b"STALLED\n":
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail(f"the writing child did not stall ({said!r})")
+    return pid
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["half_written", "before_rename"])
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_file_intact(mode: str, tmp_path: Path) -> None:
     target = tmp_path / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(target), mode], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.stdout.readline().strip() == "STALLED"
-    partial = list(target.parent.glob(".last.ckpt.*.partial"))
-    assert len(partial) == 1 and partial[0].stat().st_size > 0
-    proc.kill()
-    proc.wait(timeout=30)
+    pid = _stall_during_a_write(target, mode)
+    try:
+        partial = list(target.parent.glob(".last.ckpt.*.partial"))
+        assert len(partial) == 1 and partial[0].stat().st_size > 0
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        status = os.waitpid(pid, 0)[1]
+    assert os.waitstatus_to_exitcode(status) == -signal.SIGKILL  # killed, not exited
     assert checkpoint_problem(target) is None and _ckpt(target)["global_step"] == 1
     assert resumable_checkpoint(target.parent) == (target, [])  # the partial file is not a candidate
     assert remove_partial_checkpoints(target.parent) == partial and not partial[0].exists()

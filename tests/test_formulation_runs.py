@@ -98,7 +98,9 @@ def test_dequant_edit_refuses_a_sampler_of_another_formulation(trained, tiny_pho
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trained", ["bridge"], indirect=True)
-def test_scripts_answer_a_mismatched_sampler_or_formulation_in_one_line(trained, tmp_path: Path) -> None:
+def test_scripts_answer_a_mismatched_sampler_or_formulation_in_one_line(trained, tmp_path: Path, run_script) -> None:
+    """train.py and evaluate.py as `python <script>` runs them, in this process (run_script); the last case, an
+    unknown formulation, in a real process: Hydra's own composition error and exit status."""
     formulation, ckpt = trained
     cases = [
         (["train.py", "experiment=tiny", "formulation=residual", "sampler=bridge", f"hydra.run.dir={tmp_path / 'a'}"],
@@ -109,10 +111,10 @@ def test_scripts_answer_a_mismatched_sampler_or_formulation_in_one_line(trained,
          "choices: ['bridge']"),
     ]
     for argv, expected in cases:
-        proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=180)
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        assert proc.stderr.strip().splitlines()[-1] == expected
-        assert "Traceback" not in proc.stderr
+        code, _, err = run_script(*argv)
+        assert code == 2, err[-2000:]
+        assert err.strip().splitlines()[-1] == expected
+        assert "Traceback" not in err
     proc = subprocess.run([sys.executable, "train.py", "formulation=diffusion", "--cfg", "job"], cwd=ROOT,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode != 0 and "formulation" in proc.stderr and "bridge" in proc.stderr
