@@ -3,12 +3,16 @@
 Run: `python experiments/bench_data.py [--n 40] [--images DIR] [--out experiments/results/bench_data.md]`.
 One process, torch and OpenCV limited to one thread (what one DataLoader worker gets).
 
-- before: Pillow's median cut (`Image.quantize`), superpixels segmented on each crop downscaled to 128 px (the
-  old default, `segment_max_side: 128`), the image decoded for every example.
+- before: the configuration before issue 10, run through today's `ExampleMaker`: Pillow's median cut
+  (`Image.quantize`), superpixels segmented on each crop downscaled to 128 px (the old default,
+  `segment_max_side: 128`), the image decoded for every example.
 - after: the numpy median cut (identical output), superpixels cut out of the full-resolution segmentation of the
   whole source image, cached per image and scale bucket (`segment_source: image`, `segment_max_side: null`, the
   authors' resolution), the decoded image cached: a worker's steady state once its caches are warm. Filling the
   cache is a one-time cost per image, reported separately.
+
+`--previous FILE --previous-label NAME`: a results file this script wrote at another commit (run it there with
+`--out FILE`); its "after" rows join every table as rows named NAME, for a comparison under the same machine load.
 
 Also times the median cut alone against Pillow's at 256x256 for every palette size of the training distribution.
 The data wait of a GPU training step with 8 or 16 workers needs a machine with that many cores; this one has
@@ -142,6 +146,33 @@ def bench_median_cut(paths: list[Path], repeats: int) -> tuple[list[str], float]
     return rows, mine_w / pil_w
 
 
+def previous_rows(path: str, label: str) -> dict[str, list[str]]:
+    """The "after" rows of an earlier results file, relabelled: {"summary": [...], "stages": [...], "median_cut": [...]}."""
+    rows: dict[str, list[str]] = {"summary": [], "stages": [], "median_cut": []}
+    section = None
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("## "):
+            section = ("summary" if "50/50" in line else "stages" if "Per stage" in line
+                       else "median_cut" if "Median cut" in line else None)
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if section in ("summary", "stages") and len(cells) > 2 and cells[1] == "after":
+            rows[section].append("| " + " | ".join([cells[0], label, *cells[2:]]) + " |")
+        elif section == "median_cut" and len(cells) == 5 and cells[0].isdigit():
+            rows[section].append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def merged(new_rows: list[str], old_rows: list[str]) -> list[str]:
+    """Rows of one table per crop: this run's "before", the earlier commit's rows, this run's "after"."""
+    out = []
+    for crop in ("64", "256"):
+        out += [r for r in new_rows if r.startswith(f"| {crop} | before |")]
+        out += [r for r in old_rows if r.startswith(f"| {crop} |")]
+        out += [r for r in new_rows if r.startswith(f"| {crop} | after |")]
+    return out
+
+
 def main() -> None:
     """Run the benchmark, print a markdown report and write it to --out."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -149,7 +180,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="median-cut calls per crop and palette size")
     parser.add_argument("--images", default=str(ASSETS), help="folder/glob of source images")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_data.md"))
+    parser.add_argument("--previous", default=None, help="results file of an earlier commit (its 'after' rows)")
+    parser.add_argument("--previous-label", default="previous", help="setup name of those rows")
     args = parser.parse_args()
+    prev = previous_rows(args.previous, args.previous_label) if args.previous else None
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     paths = list_images(args.images)
@@ -190,14 +224,14 @@ def main() -> None:
         "",
         "| crop | setup | palette mode | patch mode | 50/50 mix | 50/50 mix, wall clock (shared machine) |",
         "|---|---|---|---|---|---|",
-        *summary,
+        *(merged(summary, prev["summary"]) if prev else summary),
         "",
         "## Per stage (CPU ms per example)",
         "",
         "| crop | setup | mode | examples/s | ms/example | " + " | ".join(f"{s} ms" for s in (*ALL_STAGES, "other"))
         + " | slowest |",
         "|---" * (7 + len(ALL_STAGES)) + "|",
-        *rows,
+        *(merged(rows, prev["stages"]) if prev else rows),
         "",
         "Filling the segmentation cache (once per image and worker; all scale buckets, all four segmenters, full "
         "resolution): " + ", ".join(f"{crop}x{crop} crops: {sec:.1f} s per image ({cnt / len(paths):.0f} "
@@ -211,6 +245,9 @@ def main() -> None:
         "",
         f"Over the training distribution of N (weighted by probability): {mc_ratio:.3f}x Pillow's time; the "
         "output is identical (tests/color/test_median_cut.py).",
+        *(["", f"At {args.previous_label} (same table, its run):", "",
+           "| N | training probability | numpy (ours) | Pillow | ratio |", "|---|---|---|---|---|",
+           *prev["median_cut"]] if prev else []),
         "",
         "## Data wait with 8 and 16 workers",
         "",
