@@ -147,7 +147,7 @@ def bench_median_cut(paths: list[Path], repeats: int) -> tuple[list[str], float]
 
 
 def previous_rows(path: str, label: str) -> dict[str, list[str]]:
-    """The "after" rows of an earlier results file, relabelled: {"summary": [...], "stages": [...], "median_cut": [...]}."""
+    """The "after" rows of an earlier results file, relabelled, per table ("summary", "stages", "median_cut")."""
     rows: dict[str, list[str]] = {"summary": [], "stages": [], "median_cut": []}
     section = None
     for line in Path(path).read_text().splitlines():

@@ -202,7 +202,8 @@ def hint_array(
 ) -> np.ndarray:
     """`hint` of one image as a float32 array `(7, H, W)`, the same values, from arrays the caller made and knows
     to be valid (no validation): `color` `(3, H, W)` float32 in [0, 1], `cue` `(2, H, W)` float32 (None allowed in
-    palette mode when texture is dropped), `mask` `(H, W)` bool in patch mode, `n_colors` an int in [1, 256] in palette mode."""
+    palette mode when texture is dropped), `mask` `(H, W)` bool in patch mode, `n_colors` an int in [1, 256] in
+    palette mode."""
     check_choice(mode, HINT_MODES, "mode")
     neutral = np.float32(neutral_value(cue_mode, g_neutral))
     h, w = color.shape[1:]

@@ -24,7 +24,9 @@ Pipeline of `ExampleMaker.__call__`, every random choice drawn from the caller's
    border, come from the color source (not the gray/saturation-augmented target) and from a scale within
    segment_scale_step^(1/2) of the example's; SLIC and watershed segment counts are scaled to the image's area so a
    crop-sized region gets as many segments as the crop would (experiments/results/bench_masks.md measures it);
-6. texture cue of the target, and the 7-channel hint from `dequant.color.hint.hint`.
+6. texture cue of the target, and the 7-channel hint from `dequant.color.hint.hint_array` (the values of `hint`).
+Stages 5-6 run on numpy arrays the maker made (the numpy twins of quantize, patch_mask, fill_mask, texture_cue and
+hint, which skip re-validating them); whole examples equal those of the validated torch functions bit for bit.
 """
 
 from __future__ import annotations
