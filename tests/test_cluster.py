@@ -343,6 +343,24 @@ def _wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout: float
         time.sleep(0.02)
 
 
+def _wait_for_handler(proc: subprocess.Popen, sig: signal.Signals, log: Path, timeout: float = 120.0) -> None:
+    """Poll until `proc` has a handler installed for `sig` (Linux: the SigCgt mask in /proc/<pid>/status)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:  # it has just ended
+            status = ""
+        caught = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:")]
+        if caught and caught[0] >> (sig - 1) & 1:
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no {sig.name} handler appeared in {log.name}'s process:\n" + log.read_text()[-3000:])
+        time.sleep(0.005)
+
+
 @pytest.mark.slow
 def test_a_sweep_job_and_an_evaluation_under_sigterm_stop_cleanly(tmp_path: Path) -> None:
     """SIGTERM to the process group: the sweep job (training with 2 data workers) is recorded as preempted, not
@@ -379,6 +397,8 @@ def test_a_sweep_job_and_an_evaluation_under_sigterm_stop_cleanly(tmp_path: Path
                                  "sampler=ddim", "sampler.steps=2", "progress=false", f"hydra.run.dir={eval_dir}"],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     _wait_for_text(eval_log, "evaluating ", proc)
+    # The evaluation installs its handler a moment after that line: a signal in between would kill it outright.
+    _wait_for_handler(proc, signal.SIGTERM, eval_log)
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, eval_log.read_text()[-3000:]
     text = eval_log.read_text()

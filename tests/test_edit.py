@@ -221,7 +221,8 @@ def test_demo_figure_from_a_trained_run(tiny_run, tiny_photos, tmp_path, capsys)
     held_out, train_only = [str(p) for p in tiny_photos[:2]], [str(tiny_photos[2])]
     (run / "split.json").write_text(json.dumps({"train": train_only, "val": held_out[:1], "test": held_out[1:]}))
     docs = tmp_path / "docs"
-    assert demo_main(["--run", str(run), "--out", str(tmp_path), "-n", "4", "--docs", str(docs)]) == 0
+    with torch.enable_grad():  # demo's main turns autograd off for the rest of its process; the tests go on after it
+        assert demo_main(["--run", str(run), "--out", str(tmp_path), "-n", "4", "--docs", str(docs)]) == 0
     source = load_rgb(tiny_photos[0])  # the first held-out photo is the source of both pictures
     column = round(source.shape[-1] * 160 / source.shape[-2])  # each picture is 160 px high
     figure = load_rgb(tmp_path / "palette_transfer.png")
