@@ -22,12 +22,15 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The suite on TEST_WORKERS processes (pytest-xdist), each running whole test files (module fixtures such as the
+# trained runs of test_faults.py are built once); one thread each. TEST_WORKERS=0: one process, in file order.
+TEST_WORKERS ?= 2
 test: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Everything except the multi-process / subprocess tests.
 test-fast: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # Photos no demo run trains on: the 10 held-out package photos and the shipped split's validation and test photos.
 HELD_OUT := [$${dq.assets:heldout_photos},$${dq.assets:images}/coffee.jpg,$${dq.assets:images}/flower.jpg,$${dq.assets:images}/china.jpg]
