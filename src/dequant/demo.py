@@ -97,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     split = json.loads((run / "split.json").read_text())
     source, target = _pick_pair(split)
-    torch.set_grad_enabled(False)
-    figure = palette_transfer_figure(ckpt, source, target, out, n_colors=args.colors)
-    print(f"palette transfer: {figure}")
-    row = dequantization_figure(ckpt, source, out)
+    # no_grad, not set_grad_enabled(False): a caller's autograd state (main() runs in-process in tests) stays.
+    with torch.no_grad():
+        figure = palette_transfer_figure(ckpt, source, target, out, n_colors=args.colors)
+        print(f"palette transfer: {figure}")
+        row = dequantization_figure(ckpt, source, out)
     print(f"dequantization: {row}")
     if args.docs:
         for picture in (figure, row):

@@ -302,8 +302,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loaded = dict(zip(needed, load_images([files[i] for i in needed], size))) if needed else {}
     batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
     variants = (False,) if cue.mode == "none" else (False, True)
-    log.info("evaluating %s on %s (rank %d/%d: %d images), tests %s", ckpt, origin, rank, world, len(mine),
-             "".join(letters))
 
     rows: list[dict[str, Any]] = []
     grids: dict[str, Tensor] = {}
@@ -317,6 +315,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     with StopFlag() as stop, Progress("evaluate", total, "images",
                                       enabled=bool(cfg.get("progress", True)) and rank == 0,
                                       interval_s=float(cfg.get("progress_interval_s", 30))) as progress:
+        # Logged once the handler is in place: a signal sent on seeing this line stops the run cleanly.
+        log.info("evaluating %s on %s (rank %d/%d: %d images), tests %s", ckpt, origin, rank, world, len(mine),
+                 "".join(letters))
         for li, letter in enumerate(letters):
             active = [b for b in baselines if letter in b.tests]
             for si, setting in enumerate(settings(letter, t_scores)):
