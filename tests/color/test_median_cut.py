@@ -25,11 +25,12 @@ def pillow(u8: np.ndarray, n_colors: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def assert_same_as_pillow(u8: np.ndarray, n_colors: int) -> None:
-    palette, index = median_cut(u8, n_colors)
     ref_palette, ref_index = pillow(u8, n_colors)
-    assert palette.dtype == np.uint8 and index.shape == u8.shape[:2]
-    np.testing.assert_array_equal(palette, ref_palette, err_msg=f"palette differs at N={n_colors}")
-    np.testing.assert_array_equal(index, ref_index, err_msg=f"index map differs at N={n_colors}")
+    for backend in ("numba", "numpy"):
+        palette, index = median_cut(u8, n_colors, backend=backend)
+        assert palette.dtype == np.uint8 and index.shape == u8.shape[:2]
+        np.testing.assert_array_equal(palette, ref_palette, err_msg=f"{backend}: palette differs at N={n_colors}")
+        np.testing.assert_array_equal(index, ref_index, err_msg=f"{backend}: index map differs at N={n_colors}")
 
 
 def crop(path: Path, size: int, seed: int) -> np.ndarray:
@@ -102,6 +103,21 @@ def test_bad_input():
         median_cut(np.zeros((4, 4, 3), dtype=np.uint8), 0)
     with pytest.raises(ValueError, match="n_colors"):
         median_cut(np.zeros((4, 4, 3), dtype=np.uint8), 257)
+    with pytest.raises(ValueError, match=r"backend must be one of \['auto', 'numba', 'numpy'\], got 'c'"):
+        median_cut(np.zeros((4, 4, 3), dtype=np.uint8), 4, backend="c")
+
+
+def test_without_numba_auto_falls_back_to_numpy_and_numba_is_a_clear_error(monkeypatch):
+    from dequant.color import median_cut as module
+
+    monkeypatch.setattr(module, "_JIT", [None])  # what _compiled() records when numba does not import
+    u8 = crop(PHOTOS[0], 32, 0)
+    palette, index = median_cut(u8, 8)  # auto
+    ref_palette, ref_index = pillow(u8, 8)
+    np.testing.assert_array_equal(palette, ref_palette)
+    np.testing.assert_array_equal(index, ref_index)
+    with pytest.raises(ValueError, match="backend='numba' needs the numba package"):
+        median_cut(u8, 8, backend="numba")
 
 
 @settings(max_examples=30)
@@ -109,8 +125,10 @@ def test_bad_input():
 def test_planes_give_the_same_palette_and_index(u8, n_colors):
     from dequant.color.median_cut import median_cut_planes
 
-    palette, index = median_cut(u8, n_colors)
-    planes_palette, planes_index = median_cut_planes(np.ascontiguousarray(u8.transpose(2, 0, 1)), n_colors)
-    np.testing.assert_array_equal(planes_palette, palette)
-    assert planes_index.dtype == np.uint8
-    np.testing.assert_array_equal(planes_index, index)
+    palette, index = median_cut(u8, n_colors, backend="numpy")
+    for backend in ("numba", "numpy"):
+        planes_palette, planes_index = median_cut_planes(np.ascontiguousarray(u8.transpose(2, 0, 1)), n_colors,
+                                                         backend=backend)
+        np.testing.assert_array_equal(planes_palette, palette)
+        assert planes_index.dtype == np.uint8
+        np.testing.assert_array_equal(planes_index, index)
