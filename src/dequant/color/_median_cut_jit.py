@@ -17,37 +17,37 @@ _EMPTY = -1
 
 @njit(cache=True, nogil=True)
 def _distinct(keys, weights):  # pragma: no cover - compiled
-    """Distinct values of `keys` (int64, < 2^24) in first-seen order, their summed weights, and each key's id."""
+    """Distinct values of `keys` (< 2^24) in first-seen order, their summed `weights` (each 1 when `weights` is
+    empty), and each key's id."""
     n = keys.size
     size = 1
     while size < 2 * n:
         size <<= 1
     mask = size - 1
-    slot_key = np.full(size, _EMPTY, dtype=np.int64)
-    slot_id = np.empty(size, dtype=np.int32)
+    # One slot holds (key + 1) << 32 | id, so a probe is one load; 0 is an empty slot.
+    slots = np.zeros(size, dtype=np.int64)
     ids = np.empty(n, dtype=np.int32)
     values = np.empty(n, dtype=np.int64)
     totals = np.zeros(n, dtype=np.int64)
+    unweighted = weights.size == 0
     m = 0
-    prev, j = _EMPTY, 0
+    prev, j = -1, 0
     for i in range(n):
-        k = keys[i]
-        if k == prev:  # neighbouring pixels often share a color: no lookup
-            ids[i] = j
-            totals[j] += weights[i]
-            continue
-        prev = k
-        h = ((k * 2654435761) >> 7) & mask  # Knuth's multiplicative hash; keys < 2^24 keep this in int64
-        while slot_key[h] != _EMPTY and slot_key[h] != k:
-            h = (h + 1) & mask
-        if slot_key[h] == _EMPTY:
-            slot_key[h] = k
-            slot_id[h] = m
-            values[m] = k
-            m += 1
-        j = slot_id[h]
+        k = np.int64(keys[i])
+        w = 1 if unweighted else weights[i]
+        if k != prev:  # neighbouring pixels often share a color: no lookup
+            prev = k
+            tag = (k + 1) << 32
+            h = ((k * 2654435761) >> 7) & mask  # Knuth's multiplicative hash; keys < 2^24 keep this in int64
+            while slots[h] != 0 and (slots[h] >> 32) << 32 != tag:
+                h = (h + 1) & mask
+            if slots[h] == 0:
+                slots[h] = tag | m
+                values[m] = k
+                m += 1
+            j = slots[h] & 0xFFFFFFFF
         ids[i] = j
-        totals[j] += weights[i]
+        totals[j] += w
     return values[:m], totals[:m], ids
 
 
@@ -86,28 +86,25 @@ def _heap_pop(items, size, counts):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _cut(node, cols, weights, ids, start, end, count, left, n_nodes):  # pragma: no cover - compiled
-    """Cut box `node` (the rows start:end of `cols`, `weights`, `ids`) as Pillow does; returns the new node count.
+def _cut(node, packed, weights, start, end, count, lo, hi, left, n_nodes):  # pragma: no cover - compiled
+    """Cut box `node` (rows start:end of `packed`, `weights`) as Pillow does; returns the new node count.
 
-    The rows are moved, not an index into them: every cut then reads its box as one contiguous run.
+    A row is one int64, color r | g << 8 | b << 16 and the color's id above bit 24, so a cut moves rows, not an
+    index into them, and reads every box as one contiguous run. The halves' channel ranges are found while
+    partitioning, so each cut reads its box twice (histogram, partition).
     """
     s, e = start[node], end[node]
-    lo0 = lo1 = lo2 = 255
-    hi0 = hi1 = hi2 = 0
-    for i in range(s, e):
-        v0, v1, v2 = cols[i, 0], cols[i, 1], cols[i, 2]
-        lo0, hi0 = min(lo0, v0), max(hi0, v0)
-        lo1, hi1 = min(lo1, v1), max(hi1, v1)
-        lo2, hi2 = min(lo2, v2), max(hi2, v2)
     # The channel with the largest range weighted 77/150/29, the first one on a tie.
-    axis, best, lo_axis = 0, (hi0 - lo0) * 77, lo0
-    if (hi1 - lo1) * 150 > best:
-        axis, best, lo_axis = 1, (hi1 - lo1) * 150, lo1
-    if (hi2 - lo2) * 29 > best:
-        axis, lo_axis = 2, lo2
+    axis, best = 0, (hi[node, 0] - lo[node, 0]) * 77
+    if (hi[node, 1] - lo[node, 1]) * 150 > best:
+        axis, best = 1, (hi[node, 1] - lo[node, 1]) * 150
+    if (hi[node, 2] - lo[node, 2]) * 29 > best:
+        axis = 2
+    lo_axis = lo[node, axis]
+    shift = 8 * axis
     hist = np.zeros(256, dtype=np.int64)
     for i in range(s, e):
-        hist[cols[i, axis]] += weights[i]
+        hist[(packed[i] >> shift) & 255] += weights[i]
     # From the top, the first value at which the running count exceeds half of the box.
     above = 0
     split = 0
@@ -120,18 +117,26 @@ def _cut(node, cols, weights, ids, start, end, count, left, n_nodes):  # pragma:
     high_count = 0
     for v in range(threshold, 256):
         high_count += hist[v]
+    high, low = n_nodes, n_nodes + 1
+    for c in range(3):
+        lo[high, c], hi[high, c], lo[low, c], hi[low, c] = 255, 0, 255, 0
     # Partition in place: the high part (values >= threshold) first, as the palette order wants.
     i, j = s, e - 1
     while i <= j:
-        if cols[i, axis] >= threshold:
+        x = packed[i]
+        side = high if ((x >> shift) & 255) >= threshold else low
+        for c in range(3):
+            v = (x >> (8 * c)) & 255
+            if v < lo[side, c]:
+                lo[side, c] = v
+            if v > hi[side, c]:
+                hi[side, c] = v
+        if side == high:
             i += 1
         else:
-            for ch in range(3):
-                cols[i, ch], cols[j, ch] = cols[j, ch], cols[i, ch]
+            packed[i], packed[j] = packed[j], x
             weights[i], weights[j] = weights[j], weights[i]
-            ids[i], ids[j] = ids[j], ids[i]
             j -= 1
-    high, low = n_nodes, n_nodes + 1
     start[high], end[high], count[high] = s, i, high_count
     start[low], end[low], count[low] = i, e, count[node] - high_count
     left[node] = high
@@ -139,16 +144,23 @@ def _cut(node, cols, weights, ids, start, end, count, left, n_nodes):  # pragma:
 
 
 @njit(cache=True, nogil=True)
-def _boxes(rgb, counts, n_pixels, n_colors):  # pragma: no cover - compiled
-    """Median cut of distinct colors `rgb` (3, M) with pixel `counts`: (palette entry of each color (M,), K)."""
-    m = rgb.shape[1]
-    cols = np.empty((m, 3), dtype=np.int32)
-    for i in range(m):
-        for ch in range(3):
-            cols[i, ch] = rgb[ch, i]
-    weights = counts.copy()
-    ids = np.arange(m)
+def _boxes(values, counts, n_pixels, n_colors):  # pragma: no cover - compiled
+    """Median cut of distinct colors `values` (r | g << 8 | b << 16) with pixel `counts`: (palette entry of each
+    color (M,), K)."""
+    m = values.size
+    packed = np.empty(m, dtype=np.int64)
     max_nodes = 2 * n_colors + 1
+    lo = np.empty((max_nodes, 3), dtype=np.int64)
+    hi = np.empty((max_nodes, 3), dtype=np.int64)
+    for c in range(3):
+        lo[0, c], hi[0, c] = 255, 0
+    for i in range(m):
+        x = values[i]
+        packed[i] = x | (np.int64(i) << 24)
+        for c in range(3):
+            v = (x >> (8 * c)) & 255
+            lo[0, c], hi[0, c] = min(lo[0, c], v), max(hi[0, c], v)
+    weights = counts.copy()
     start = np.zeros(max_nodes, dtype=np.int64)
     end = np.zeros(max_nodes, dtype=np.int64)
     count = np.zeros(max_nodes, dtype=np.int64)
@@ -163,7 +175,7 @@ def _boxes(rgb, counts, n_pixels, n_colors):  # pragma: no cover - compiled
             node, size = _heap_pop(items, size, count)
         if node < 0:
             break
-        n_nodes = _cut(node, cols, weights, ids, start, end, count, left, n_nodes)
+        n_nodes = _cut(node, packed, weights, start, end, count, lo, hi, left, n_nodes)
         size = _heap_push(items, size, count, left[node])
         size = _heap_push(items, size, count, left[node] + 1)
     # Palette order: the leaves depth first, high part first.
@@ -180,7 +192,7 @@ def _boxes(rgb, counts, n_pixels, n_colors):  # pragma: no cover - compiled
             top += 2
         else:
             for i in range(start[node], end[node]):
-                own[ids[i]] = k
+                own[packed[i] >> 24] = k
             k += 1
     return own, k
 
@@ -189,8 +201,7 @@ def _boxes(rgb, counts, n_pixels, n_colors):  # pragma: no cover - compiled
 def median_cut_keys(key, n_colors):  # pragma: no cover - compiled
     """Median cut of pixels given as keys r + 256 g + 65536 b: (palette (K, 3) uint8, index (P,) uint8)."""
     n_pixels = key.size
-    keys = key.astype(np.int64)
-    exact, exact_counts, exact_of_pixel = _distinct(keys, np.ones(n_pixels, dtype=np.int64))
+    exact, exact_counts, exact_of_pixel = _distinct(key, np.empty(0, dtype=np.int64))
     m = exact.size
     exact_rgb = np.empty((3, m), dtype=np.int64)
     for i in range(m):
@@ -199,19 +210,14 @@ def median_cut_keys(key, n_colors):  # pragma: no cover - compiled
         exact_rgb[2, i] = exact[i] >> 16
 
     # Coarser colors while there are too many distinct ones; the boxes live on the coarse colors.
-    coarse_rgb, coarse_counts = exact_rgb, exact_counts
+    coarse, coarse_counts = exact, exact_counts
     coarse_of_exact = np.arange(m).astype(np.int32)
     shift = 0
-    while coarse_rgb.shape[1] > _MAX_DISTINCT:
+    while coarse.size > _MAX_DISTINCT:
         shift += 1
         shifted = ((exact_rgb[0] >> shift) | ((exact_rgb[1] >> shift) << 8) | ((exact_rgb[2] >> shift) << 16))
-        values, coarse_counts, coarse_of_exact = _distinct(shifted, exact_counts)
-        coarse_rgb = np.empty((3, values.size), dtype=np.int64)
-        for i in range(values.size):
-            coarse_rgb[0, i] = values[i] & 255
-            coarse_rgb[1, i] = (values[i] >> 8) & 255
-            coarse_rgb[2, i] = values[i] >> 16
-    own_coarse, k = _boxes(coarse_rgb, coarse_counts, n_pixels, n_colors)
+        coarse, coarse_counts, coarse_of_exact = _distinct(shifted, exact_counts)
+    own_coarse, k = _boxes(coarse, coarse_counts, n_pixels, n_colors)
 
     # Each entry is its box's mean over the exact colors, each channel rounded half up.
     own = np.empty(m, dtype=np.int64)

@@ -23,7 +23,6 @@ Which box the heap pops among equal pixel counts depends on the heap's layout, s
 
 from __future__ import annotations
 
-import sys
 import threading
 from numbers import Integral
 
@@ -32,7 +31,6 @@ import numpy as np
 MAX_DISTINCT = 65536
 # Channel weights of the cut-axis choice (the luma weights Pillow uses, in 1/256).
 _AXIS_WEIGHTS = (77, 150, 29)
-_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 class _Heap:
@@ -284,6 +282,16 @@ def _check_n_colors(n_colors: object) -> None:
         raise ValueError(f"n_colors must be an int in [1, 256], got {n_colors!r}")
 
 
+def _keys(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One int32 per pixel, r + 256 g + 65536 b, flat (any injective key would do: nothing depends on the order)."""
+    key = b.astype(np.int32)
+    key <<= 8
+    key |= g
+    key <<= 8
+    key |= r
+    return key.ravel()
+
+
 def median_cut(u8: np.ndarray, n_colors: int, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Pillow's median cut of an `(H, W, 3)` uint8 image: (palette `(K, 3)` uint8 in Pillow's order, index `(H, W)`).
 
@@ -295,12 +303,7 @@ def median_cut(u8: np.ndarray, n_colors: int, backend: str = "auto") -> tuple[np
     _check_n_colors(n_colors)
     kernel = _kernel(backend)
     h, w, _ = u8.shape
-    # One int per color; any injective key will do, since nothing below depends on the order of the colors.
-    rgbx = np.zeros((h * w, 4), dtype=np.uint8)
-    rgbx[:, :3] = u8.reshape(-1, 3)
-    key = rgbx.view(np.uint32).ravel().astype(np.int32)  # r + 256 g + 65536 b on little-endian machines
-    if not _LITTLE_ENDIAN:
-        key = key.byteswap()
+    key = _keys(u8[..., 0], u8[..., 1], u8[..., 2])
     palette, index = kernel(key, int(n_colors))
     return palette, index.astype(np.int64).reshape(h, w)
 
@@ -314,12 +317,8 @@ def median_cut_planes(u8: np.ndarray, n_colors: int, backend: str = "auto") -> t
         raise ValueError(f"image must be a non-empty (3, H, W) uint8 array, got {getattr(u8, 'shape', u8)!r}")
     _check_n_colors(n_colors)
     kernel = _kernel(backend)
-    key = u8[2].astype(np.int32)
-    key <<= 8
-    key |= u8[1]
-    key <<= 8
-    key |= u8[0]  # r + 256 g + 65536 b, as median_cut's key
-    palette, index = kernel(key.ravel(), int(n_colors))
+    key = _keys(u8[0], u8[1], u8[2])
+    palette, index = kernel(key, int(n_colors))
     return palette, index.reshape(u8.shape[1:])
 
 
