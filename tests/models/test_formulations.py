@@ -171,6 +171,19 @@ def test_log_l2_loss_weighs_images_by_their_own_error():
     assert float(regression_loss(large, target, "l2")) < gain["l2"] - 0.1
 
 
+def test_grad_weight_charges_a_contour_more_than_a_uniform_error_of_the_same_mse():
+    target = torch.zeros(2, 3, 8, 8)
+    pred = target.clone()
+    pred[0, :, :, 4:] = 0.2  # a step (a contour left in a flat area): MSE 0.02, gradient error at one column
+    pred[1] += 0.2 * 0.5**0.5  # the same MSE, spread evenly: no gradient error
+    for kind in ("l2", "log_l2", "l1"):
+        plain = [float(regression_loss(pred[i:i + 1], target[i:i + 1], kind)) for i in range(2)]
+        weighted = [float(regression_loss(pred[i:i + 1], target[i:i + 1], kind, grad_weight=1.0)) for i in range(2)]
+        assert weighted[1] == pytest.approx(plain[1], abs=1e-6)  # a uniform offset has no gradient error
+        assert weighted[0] > plain[0] + 1e-4
+    assert float(regression_loss(pred, target, "l2", grad_weight=0.0)) == float(regression_loss(pred, target, "l2"))
+
+
 def test_a_short_fit_moves_the_bridge_toward_the_target(tmp_path):
     # Learnable: target = the color input brightened by 0.2. A few steps must bring the one-step output closer.
     g = torch.Generator().manual_seed(0)
@@ -233,7 +246,7 @@ def test_residual_arguments_are_checked(kwargs):
         ResidualFormulation(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(loss="huber"), dict(sigma=-0.1), dict(p_endpoint=1.5)])
+@pytest.mark.parametrize("kwargs", [dict(loss="huber"), dict(sigma=-0.1), dict(p_endpoint=1.5), dict(grad_weight=-1)])
 def test_bridge_arguments_are_checked(kwargs):
     with pytest.raises(ValueError):
         BridgeFormulation(**kwargs)

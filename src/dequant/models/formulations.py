@@ -43,18 +43,31 @@ def _color(hint: Tensor) -> Tensor:
     return hint[:, COLOR]
 
 
-def regression_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
+def _gradient_sq_error(diff: Tensor) -> Tensor:
+    """Per image, the mean squared forward difference of `diff` along rows and columns: the error of the output's
+    gradients, where a quantization contour left in a smooth area counts fully, however few pixels it covers."""
+    dy = (diff[..., 1:, :] - diff[..., :-1, :]).square().flatten(1).mean(1)
+    dx = (diff[..., :, 1:] - diff[..., :, :-1]).square().flatten(1).mean(1)
+    return 0.5 * (dx + dy)
+
+
+def regression_loss(pred: Tensor, target: Tensor, kind: str, grad_weight: float = 0.0) -> Tensor:
     """L2, L1, or `log_l2`: the mean over images of log(MSE + 1e-4), i.e. minus the mean PSNR up to a constant.
 
     `log_l2` weighs every image by the inverse of its own error, so the large errors of 1- and 2-color examples do
-    not drown the small corrections that 64-color examples need.
+    not drown the small corrections that 64-color examples need. `grad_weight` > 0 adds that weight times the
+    squared error of the gradients (`_gradient_sq_error`) to each image's error (l2, log_l2) or to the loss (l1).
     """
     diff = pred.float() - target.float()
+    grad = _gradient_sq_error(diff) if grad_weight > 0 else None
     if kind == "l1":
-        return diff.abs().mean()
+        return diff.abs().mean() + (grad_weight * grad.mean() if grad is not None else 0.0)
+    per_image = diff.square().flatten(1).mean(1)
+    if grad is not None:
+        per_image = per_image + grad_weight * grad
     if kind == "l2":
-        return diff.square().mean()
-    return torch.log(diff.square().flatten(1).mean(1) + _LOG_EPS).mean()
+        return per_image.mean()
+    return torch.log(per_image + _LOG_EPS).mean()
 
 
 def _with_guidance(net: Net, guidance: float, null_hint: Tensor | None) -> Net:
@@ -251,19 +264,23 @@ class BridgeFormulation(Formulation):
     samplers = ("bridge",)
 
     def __init__(self, sigma: float = 0.1, loss: str = "log_l2", p_endpoint: float = 0.5,
-                 zero_init: bool = True) -> None:
+                 zero_init: bool = True, grad_weight: float = 0.0) -> None:
         check_choice(loss, REGRESSION_LOSSES, "loss")
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
         if not 0.0 <= p_endpoint <= 1.0:
             raise ValueError(f"p_endpoint must lie in [0, 1], got {p_endpoint}")
+        if not grad_weight >= 0:
+            raise ValueError(f"grad_weight must be >= 0, got {grad_weight}")
         self.sigma = float(sigma)
         self.loss = loss
         self.p_endpoint = float(p_endpoint)
         self.zero_init = bool(zero_init)
+        self.grad_weight = float(grad_weight)
 
     def _kwargs(self) -> dict:
-        return {"sigma": self.sigma, "loss": self.loss, "p_endpoint": self.p_endpoint, "zero_init": self.zero_init}
+        return {"sigma": self.sigma, "loss": self.loss, "p_endpoint": self.p_endpoint, "zero_init": self.zero_init,
+                "grad_weight": self.grad_weight}
 
     def init_net(self, net: nn.Module) -> None:
         """Zero the last layer: the untrained bridge predicts x0 = x_t, so it returns its color input."""
@@ -290,7 +307,7 @@ class BridgeFormulation(Formulation):
     def _loss(self, net, x0, hint, scheduler, t, noise) -> Tensor:
         x_t = self.marginal(x0, _color(hint), t, noise)
         pred = self.predict_x0(net, x_t, t, hint, scheduler.config.num_train_timesteps)
-        return regression_loss(pred, x0, self.loss)
+        return regression_loss(pred, x0, self.loss, self.grad_weight)
 
     def _times(self, u: Tensor, endpoint: Tensor) -> Tensor:
         """t in (0, 1], exactly 1 with probability p_endpoint (where sampling starts and one-step sampling lives)."""
