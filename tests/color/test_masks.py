@@ -241,3 +241,111 @@ def test_patch_mask_array_equals_patch_mask(photo):
             got = masks.patch_mask_array(photo.numpy(), idx, np.random.default_rng(seed), p_superpixel=0.5,
                                          segment_max_side=16)
             assert got.dtype == np.bool_ and torch.equal(torch.from_numpy(got), want)
+
+
+def numpy_only(fn, *args):
+    """`fn(*args)` with the numba kernels switched off (the numpy / scikit-image fallback)."""
+    saved = masks._JIT[:]
+    masks._JIT[:] = [None]
+    try:
+        return fn(*args)
+    finally:
+        masks._JIT[:] = saved
+
+
+def assert_same(got, want):
+    if isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == len(want)
+        for g, w in zip(got, want):
+            assert_same(g, w)
+        return
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def random_maps(n_maps: int):
+    """Label maps of many shapes: noisy, blocky (like segments) and single-valued, int32 and int64."""
+    rng = np.random.default_rng(0)
+    for trial in range(n_maps):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        lab = rng.integers(0, int(rng.integers(1, 7)), (h, w))
+        if trial % 3 == 0:
+            lab = np.repeat(np.repeat(lab, 3, axis=0), 2, axis=1)
+        yield rng, lab.astype(np.int32 if trial % 2 else np.int64)
+
+
+def test_kernels_equal_numpy_fallback_on_random_maps():
+    pytest.importorskip("numba")
+    assert masks._compiled() is not None
+    for rng, lab in random_maps(150):
+        for fn in (masks._pieces, masks._connected_segments, masks.adjacency):
+            assert_same(fn(lab), numpy_only(fn, lab))
+        h, w = lab.shape
+        rows = np.sort(rng.integers(0, h, int(rng.integers(1, h + 4))))
+        cols = rng.integers(0, w, int(rng.integers(1, w + 4)))
+        areas = rng.uniform(0, 3 * lab.size / (int(lab.max()) + 1), int(lab.max()) + 1)
+        for a in (None, areas):
+            assert_same(masks.cut_labels(lab, rows, cols, a), numpy_only(masks.cut_labels, lab, rows, cols, a))
+
+
+@pytest.mark.parametrize("method", SEGMENTERS)
+def test_kernels_equal_numpy_fallback_on_segment_crops(photo, method):
+    # Crops of a whole-image segmentation, as ExampleMaker cuts them: resampled, flipped, cut by the border.
+    pytest.importorskip("numba")
+    image = np.asarray(Image.open(ASSETS / "chelsea.jpg").convert("RGB").resize((150, 100)), dtype=np.float64) / 255
+    labels = masks.segment_image(image, method, 48 * 48)
+    areas = np.bincount(labels.ravel()) * 1.7
+    rng = np.random.default_rng(1)
+    for trial in range(6):
+        top, left = int(rng.integers(0, 40)), int(rng.integers(0, 80))
+        rows = np.minimum(((top + np.arange(48) + 0.5) * 0.8).astype(np.int64), 99)
+        cols = np.minimum(((left + np.arange(48) + 0.5) * 0.8).astype(np.int64), 149)[:: 1 if trial % 2 else -1]
+        cut = masks.cut_labels(labels, rows, cols, areas)
+        assert_same(cut, numpy_only(masks.cut_labels, labels, rows, cols, areas))
+        assert_same(masks.adjacency(cut), numpy_only(masks.adjacency, cut))
+        for seed in range(3):
+            assert_same(masks._grow_region(cut, np.random.default_rng(seed), (0.01, 0.3)),
+                        numpy_only(masks._grow_region, cut, np.random.default_rng(seed), (0.01, 0.3)))
+
+
+def test_kernels_leave_out_of_range_input_to_numpy():
+    # Negative indices wrap in numpy and labels beyond `areas` raise there: the kernels hand such input to numpy.
+    pytest.importorskip("numba")
+    lab = np.repeat(np.arange(4), 3).reshape(3, 4)
+    rows, cols = np.array([0, -1, 2]), np.array([3, 0, -2])
+    assert_same(masks.cut_labels(lab, rows, cols), numpy_only(masks.cut_labels, lab, rows, cols))
+    areas = np.ones(2)
+    with pytest.raises(IndexError):
+        masks.cut_labels(lab, np.arange(3), np.arange(4), areas)
+    assert_same(masks.adjacency(lab, 20), numpy_only(masks.adjacency, lab, 20))
+
+
+def grow_region_reference(labels, rng, frac_range):
+    """_grow_region as first written: numpy bool arrays, candidates re-listed by flatnonzero at every step."""
+    n = int(labels.max()) + 1
+    target = max(1, int(round(rng.uniform(*frac_range) * n)))
+    if n > 1:
+        target = min(target, n - 1)
+    indptr, neighbours = adjacency(labels, n)
+    inside, frontier = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+
+    def add(segment):
+        inside[segment] = True
+        frontier[neighbours[indptr[segment]:indptr[segment + 1]]] = True
+
+    add(int(rng.integers(n)))
+    for _ in range(target - 1):
+        candidates = np.flatnonzero(frontier & ~inside)
+        if candidates.size == 0:
+            break
+        add(int(candidates[rng.integers(candidates.size)]))
+    return inside[labels]
+
+
+def test_grow_region_draws_as_the_reference(labels):
+    for method, lab in labels.items():
+        for seed in range(10):
+            for frac in ((0.01, 0.15), (0.5, 1.0)):
+                ref_rng, rng = np.random.default_rng(seed), np.random.default_rng(seed)
+                assert_same(masks._grow_region(lab, rng, frac), grow_region_reference(lab, ref_rng, frac))
+                assert rng.random() == ref_rng.random()  # the same number of draws

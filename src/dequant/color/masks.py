@@ -4,12 +4,16 @@ Segments are always 4-connected: Felzenszwalb links diagonal neighbours and quic
 clusters, so each raw segment keeps its largest 4-connected piece and smaller pieces join a touching segment. A
 region grown over 4-adjacent segments is therefore one 4-connected component.
 
+The label-map loops (pieces, cutting, adjacency) run compiled with numba when it imports (`_masks_jit.py`), else
+with numpy and scikit-image; both give the same arrays.
+
 `patch_mask` never returns an empty mask, and returns the whole image only when the image is a single segment (or
 the index map a single component), since then no proper non-empty subset exists.
 """
 
 from __future__ import annotations
 
+import bisect
 import numbers
 from collections.abc import Callable, Sequence
 
@@ -49,6 +53,30 @@ _SEGMENT_FNS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
+_JIT: list = []  # [the compiled kernels module `_masks_jit`, or None when numba does not import], filled on first use
+
+
+def _compiled():
+    """The numba kernels, or None when numba is not installed (imported once, on first use: numba is slow to load)."""
+    if not _JIT:
+        try:
+            from dequant.color import _masks_jit as jit
+        except ImportError:
+            jit = None
+        _JIT.append(jit)
+    return _JIT[0]
+
+
+def _int_map(labels: object) -> bool:
+    """Whether the kernels take `labels`: a 2-D integer numpy array."""
+    return isinstance(labels, np.ndarray) and labels.ndim == 2 and labels.dtype.kind in "iu"
+
+
+def _int_vector(index: object) -> bool:
+    """Whether the kernels take `index`: a 1-D integer numpy array."""
+    return isinstance(index, np.ndarray) and index.ndim == 1 and index.dtype.kind in "iu"
+
+
 def _to_hwc(image: Tensor) -> np.ndarray:
     """A single RGB image tensor `(3, H, W)` in [0, 1] as a float64 `(H, W, 3)` array."""
     x, _ = check_image(image, "image", allow_batch=False)
@@ -57,6 +85,9 @@ def _to_hwc(image: Tensor) -> np.ndarray:
 
 def _pieces(labels: np.ndarray) -> np.ndarray:
     """Split labels into 4-connected regions numbered 0..P-1 (equal neighbouring values join one region)."""
+    jit = _compiled()
+    if jit is not None and _int_map(labels) and labels.size > 0:
+        return jit.pieces(labels)
     # background=-1 never occurs in labels >= 0, so every pixel is labelled.
     return measure.label(labels, background=-1, connectivity=1).astype(np.int64) - 1
 
@@ -97,6 +128,12 @@ def _connected_segments(raw: np.ndarray) -> np.ndarray:
     Felzenszwalb segment, a split quickshift cluster) joins the neighbouring piece it shares the longest border
     with. Splitting them off instead would more than double the segment count with one-pixel segments.
     """
+    jit = _compiled()
+    if jit is not None and _int_map(raw):
+        h, w = raw.shape
+        out, ok = jit.cut_labels(raw, np.arange(h), np.arange(w), np.zeros(0), False)
+        if ok:
+            return out
     pieces, _, _, is_main = _largest_pieces(raw)
     return _merge_into_neighbours(pieces, is_main)
 
@@ -193,6 +230,14 @@ def cut_labels(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray, areas: np
     as segmenting it alone gives; smaller parts, and pieces split off by the cut or by resampling, join the
     neighbour they share the longest border with.
     """
+    jit = _compiled()
+    if (jit is not None and _int_map(labels) and _int_vector(rows) and _int_vector(cols)
+            and (areas is None or isinstance(areas, np.ndarray) and areas.ndim == 1 and areas.dtype.kind in "iuf")):
+        out, ok = jit.cut_labels(labels, rows.astype(np.int64, copy=False), cols.astype(np.int64, copy=False),
+                                 np.zeros(0) if areas is None else areas.astype(np.float64, copy=False),
+                                 areas is not None)
+        if ok:
+            return out
     raw = labels[np.ix_(rows, cols)]
     pieces, sizes, owner, is_main = _largest_pieces(raw)
     if areas is not None:
@@ -205,6 +250,11 @@ def cut_labels(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray, areas: np
 def adjacency(labels: np.ndarray, n_labels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """CSR neighbour lists `(indptr, indices)` of labels that touch along a 4-neighbour edge."""
     n = int(labels.max()) + 1 if n_labels is None else n_labels
+    jit = _compiled()
+    if jit is not None and _int_map(labels) and isinstance(n, numbers.Integral):
+        indptr, indices, ok = jit.adjacency(labels, int(n))
+        if ok:
+            return indptr, indices
     a, b = _boundary_pairs(labels)
     keys, _ = _distinct_pairs(a.astype(np.int64) * n + b, n * n)
     src, dst = keys // n, keys % n
@@ -219,20 +269,26 @@ def _grow_region(labels: np.ndarray, rng: np.random.Generator, frac_range: tuple
     if n > 1:
         target = min(target, n - 1)
     indptr, neighbours = adjacency(labels, n)
-    inside = np.zeros(n, dtype=bool)
-    frontier = np.zeros(n, dtype=bool)
+    # Python lists and a sorted candidate list: a region grows by a few dozen segments, one random draw each, and
+    # per-step numpy calls (mask, flatnonzero, scatter) cost more than the bookkeeping of the few new neighbours.
+    ptr, nbrs = indptr.tolist(), neighbours.tolist()
+    inside, frontier = bytearray(n), bytearray(n)
+    candidates: list[int] = []  # frontier & ~inside, ascending: what flatnonzero of the bool arrays would give
 
     def add(segment: int) -> None:
-        inside[segment] = True
-        frontier[neighbours[indptr[segment] : indptr[segment + 1]]] = True
+        inside[segment] = 1
+        for nb in nbrs[ptr[segment] : ptr[segment + 1]]:
+            if not frontier[nb]:
+                frontier[nb] = 1
+                if not inside[nb]:
+                    bisect.insort(candidates, nb)
 
     add(int(rng.integers(n)))
     for _ in range(target - 1):
-        candidates = np.flatnonzero(frontier & ~inside)
-        if candidates.size == 0:
+        if not candidates:
             break
-        add(int(candidates[rng.integers(candidates.size)]))
-    return inside[labels]
+        add(candidates.pop(int(rng.integers(len(candidates)))))
+    return np.frombuffer(inside, dtype=bool)[labels]
 
 
 def _component_mask(index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
