@@ -27,6 +27,8 @@ Pipeline of `ExampleMaker.__call__`, every random choice drawn from the caller's
 6. texture cue of the target, and the 7-channel hint from `dequant.color.hint.hint_array` (the values of `hint`).
 Stages 5-6 run on numpy arrays the maker made (the numpy twins of quantize, patch_mask, fill_mask, texture_cue and
 hint, which skip re-validating them); whole examples equal those of the validated torch functions bit for bit.
+The per-pixel passes (range check, crop/flip/clip, 8-bit rounding, T and G cues, mask fill, hint channels) are
+compiled with numba (`_example_jit.py`), equal to the numpy code they replace (tests/data/test_example_jit.py).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from torch import Tensor
 from dequant.color._checks import check_choice, check_image
 from dequant.color.colorspace import rgb_to_lab
 from dequant.color.cues import TextureCue
-from dequant.color.hint import fill_mask_array, hint_array
+from dequant.color.hint import (COLOR, COLOR_IND, CUE, HINT_CHANNELS, MAX_COLORS_SCALE, TEX_IND, fill_mask_array,
+                                hint_array)
 from dequant.color.masks import SEGMENTERS, cut_labels, patch_mask_array, segment_image
 from dequant.color.quantize import Quantizer, to_u8_array
 from dequant.data.palette_sizes import PaletteSizeDistribution, WeightedPowerOfTwo
@@ -58,6 +61,18 @@ GRAY_METHODS = ("opencv", "lab_l", "mean")
 STAGES = ("augment", "quantize", "mask", "cue", "hint")
 # BT.601 luma, the weights of OpenCV's RGB2GRAY.
 _GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+_JIT: list = []  # [the module `_example_jit`], filled on first use
+
+
+def _kernels():
+    """The compiled per-pixel passes (`_example_jit`), imported on first use: numba is slow to load."""
+    if not _JIT:
+        from dequant.data import _example_jit
+
+        _JIT.append(_example_jit)
+    return _JIT[0]
 
 
 def _check_prob(value: object, name: str) -> float:
@@ -95,11 +110,28 @@ def _image_array(image: Tensor) -> np.ndarray:
     if image.shape[1] < 1 or image.shape[2] < 1:
         raise ValueError(f"image must have at least one pixel, got shape {tuple(image.shape)}")
     chw = image.detach().cpu().float().numpy()
-    # numpy reductions are ~20x cheaper than torch's on CPU for one image, and this runs on every full-size source.
-    lo, hi = float(chw.min()), float(chw.max())
-    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-4 or hi > 1 + 1e-4:
+    # This runs on every full-size source: one compiled pass instead of numpy's min and max (~20x cheaper than
+    # torch's); the range is only computed to word the error.
+    if not _kernels().in_unit_range(chw):
+        lo, hi = float(chw.min()), float(chw.max())
         raise ValueError(f"image values must be finite and lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
     return chw
+
+
+def _masked_mean(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-channel mean `(3,)` float32 of the masked pixels, by `fill_mask`'s own torch reduction (so bit-equal)."""
+    total = torch.from_numpy(_kernels().masked(rgb, mask)).sum(dim=(-2, -1))
+    return (total / torch.tensor(max(int(np.count_nonzero(mask)), 1))).numpy()
+
+
+def _palette_hint(out: np.ndarray, color: np.ndarray, n_colors: int, keep: bool, neutral: float) -> np.ndarray:
+    """`hint_array` in palette mode for a T or G cue already written (when kept) into `out`'s cue channels."""
+    out[COLOR] = color
+    if not keep:
+        out[CUE] = np.float32(neutral)
+    out[COLOR_IND] = np.float32(n_colors) / np.float32(MAX_COLORS_SCALE)
+    out[TEX_IND] = np.float32(keep)
+    return out
 
 
 class ExampleMaker:
@@ -239,13 +271,11 @@ class ExampleMaker:
         meta["scaled_size"] = (h, w)
 
         top, left = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-        chw = chw[:, top:top + s, left:left + s]
         meta["crop"] = (top, left)
         meta["flip"] = bool(rng.random() < 0.5)
-        if meta["flip"]:
-            chw = chw[:, :, ::-1]
-        # A fresh contiguous array: the input is never modified, and rounding slack below 0 / above 1 goes.
-        chw = np.clip(chw, 0.0, 1.0).astype(np.float32, copy=False)
+        # Crop, flip and clip in one pass into a fresh contiguous array: the input is never modified, and rounding
+        # slack below 0 / above 1 goes.
+        chw = _kernels().crop_clip(chw, top, left, s, meta["flip"])
 
         meta["gray"] = None
         if rng.random() < self.p_gray:
@@ -331,28 +361,42 @@ class ExampleMaker:
                 mask = patch_mask_array(rgb, index, rng, p_superpixel=1.0 if superpixel else 0.0,
                                         segmenters=self.segmenters, frac_range=self.mask_frac,
                                         segment_max_side=self.segment_max_side, labels=labels)
-                fill = rng.random(3).astype(np.float32) if eval_mode else None
-                color = fill_mask_array(rgb, mask, fill)
+                fill = rng.random(3).astype(np.float32) if eval_mode else _masked_mean(rgb, mask)
             meta["superpixel"] = superpixel
         else:
             with self._stage("quantize"):
                 if type(self.quantizer) is Quantizer:
-                    u8 = to_u8_array(rgb) if self.quantizer.method == "median_cut" else None
+                    u8 = _kernels().u8_planes(rgb) if self.quantizer.method == "median_cut" else None
                     color = self.quantizer.color_array(rgb, n_colors, seed=q_seed, u8=u8)
                 else:  # any other callable (quantizer, n_colors, seed) -> Quantized
                     color = self.quantizer(target, n_colors, seed=q_seed).image.numpy()
             mask = None
 
+        # T and G cues (the configured ones) are computed straight into the hint's cue channels and the hint is
+        # filled around them in one pass; other cues go through the numpy twins.
+        fast = type(self.cue) is TextureCue and self.cue.mode in ("T", "G")
+        h = np.empty((HINT_CHANNELS, s, s), dtype=np.float32) if fast else None
         with self._stage("cue"):
             cue = None
             if keep or patch:  # a palette example whose texture is dropped never reads the cue
-                if type(self.cue) is TextureCue:
+                if fast:
+                    _kernels().cue_into(_kernels().u8_planes(rgb) if u8 is None else u8, h[CUE],
+                                        self.cue.mode == "G", np.float32(self.cue.threshold))
+                elif type(self.cue) is TextureCue:
                     cue = self.cue.array(rgb, to_u8_array(rgb) if u8 is None else u8)
                 else:
                     cue = self.cue(target).numpy()
         with self._stage("hint"):
-            h = hint_array(color, cue, mode="patch" if patch else "palette", n_colors=None if patch else n_colors,
-                           mask=mask, keep_texture=keep, cue_mode=self.cue.mode, g_neutral=self.cue.g_neutral)
+            if fast and patch:
+                _kernels().patch_hint(rgb, mask, fill, keep, np.float32(self.cue.neutral), h)
+            elif fast:
+                _palette_hint(h, color, n_colors, keep, self.cue.neutral)
+            else:
+                if patch:
+                    color = fill_mask_array(rgb, mask, fill)
+                h = hint_array(color, cue, mode="patch" if patch else "palette",
+                               n_colors=None if patch else n_colors, mask=mask, keep_texture=keep,
+                               cue_mode=self.cue.mode, g_neutral=self.cue.g_neutral)
         self._count += 1
         return {
             "hint": torch.from_numpy(h),
