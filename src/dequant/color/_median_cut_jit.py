@@ -171,7 +171,8 @@ def _boxes(values, counts, n_pixels, n_colors):  # pragma: no cover - compiled
     size = _heap_push(items, 0, count, 0)
     for _ in range(n_colors - 1):
         node, size = _heap_pop(items, size, count)
-        while node >= 0 and end[node] - start[node] == 1:  # a one-color box is dropped, not cut
+        # A one-color box (all channel ranges zero; rows may be pixels of one color) is dropped, not cut.
+        while node >= 0 and lo[node, 0] == hi[node, 0] and lo[node, 1] == hi[node, 1] and lo[node, 2] == hi[node, 2]:
             node, size = _heap_pop(items, size, count)
         if node < 0:
             break
@@ -198,44 +199,27 @@ def _boxes(values, counts, n_pixels, n_colors):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def median_cut_keys(key, n_colors):  # pragma: no cover - compiled
-    """Median cut of pixels given as keys r + 256 g + 65536 b: (palette (K, 3) uint8, index (P,) uint8)."""
-    n_pixels = key.size
-    exact, exact_counts, exact_of_pixel = _distinct(key, np.empty(0, dtype=np.int64))
-    m = exact.size
-    exact_rgb = np.empty((3, m), dtype=np.int64)
-    for i in range(m):
-        exact_rgb[0, i] = exact[i] & 255
-        exact_rgb[1, i] = (exact[i] >> 8) & 255
-        exact_rgb[2, i] = exact[i] >> 16
-
-    # Coarser colors while there are too many distinct ones; the boxes live on the coarse colors.
-    coarse, coarse_counts = exact, exact_counts
-    coarse_of_exact = np.arange(m).astype(np.int32)
-    shift = 0
-    while coarse.size > _MAX_DISTINCT:
-        shift += 1
-        shifted = ((exact_rgb[0] >> shift) | ((exact_rgb[1] >> shift) << 8) | ((exact_rgb[2] >> shift) << 16))
-        coarse, coarse_counts, coarse_of_exact = _distinct(shifted, exact_counts)
-    own_coarse, k = _boxes(coarse, coarse_counts, n_pixels, n_colors)
-
-    # Each entry is its box's mean over the exact colors, each channel rounded half up.
-    own = np.empty(m, dtype=np.int64)
+def _means(values, weights, own, k):  # pragma: no cover - compiled
+    """Each entry's weighted mean of its colors `values` (r | g << 8 | b << 16), each channel rounded half up."""
     mass = np.zeros(k, dtype=np.int64)
     sums = np.zeros((k, 3), dtype=np.int64)
-    for i in range(m):
-        o = own_coarse[coarse_of_exact[i]]
-        own[i] = o
-        mass[o] += exact_counts[i]
+    for i in range(values.size):
+        o, w, x = own[i], weights[i], values[i]
+        mass[o] += w
         for ch in range(3):
-            sums[o, ch] += exact_counts[i] * exact_rgb[ch, i]
+            sums[o, ch] += w * ((x >> (8 * ch)) & 255)
     palette = np.empty((k, 3), dtype=np.int64)
     for o in range(k):
         for ch in range(3):
             palette[o, ch] = np.int64(np.floor(0.5 + np.float64(sums[o, ch]) / np.float64(mass[o])))
+    return palette
 
-    # A color keeps its box's entry unless another is strictly nearer; ties go to the entry nearest its box's
-    # entry, then to the lowest index: Pillow's search order, which ranks the entries by distance to the box's.
+
+@njit(cache=True, nogil=True)
+def _nearest(values, own, palette):  # pragma: no cover - compiled
+    """The entry of each color: its box's unless another is strictly nearer; ties go to the entry nearest its
+    box's entry, then to the lowest index (Pillow's search order ranks the entries by distance to the box's)."""
+    k = palette.shape[0]
     between = np.zeros((k, k), dtype=np.int64)
     for a in range(k):
         for b in range(k):
@@ -253,29 +237,55 @@ def median_cut_keys(key, n_colors):  # pragma: no cover - compiled
         for b in range(k):
             if b != a and between[a, b] < reach[a]:
                 reach[a] = between[a, b]
-    entry = np.empty(m, dtype=np.uint8)
-    for i in range(m):
-        o = own[i]
-        d_own = 0
-        for ch in range(3):
-            diff = exact_rgb[ch, i] - palette[o, ch]
-            d_own += diff * diff
-        best, chosen = d_own, o
+    entry = np.empty(values.size, dtype=np.uint8)
+    for i in range(values.size):
+        o, x = own[i], values[i]
+        r, g, b = x & 255, (x >> 8) & 255, x >> 16
+        d_own = (r - palette[o, 0]) ** 2 + (g - palette[o, 1]) ** 2 + (b - palette[o, 2]) ** 2
         if reach[o] > 4 * d_own:
             entry[i] = o
             continue
+        best, chosen = d_own, o
         # A strictly nearer entry lies within twice the box's entry's distance (triangle inequality).
         for t in range(k):
             j = order[o, t]
             if between[o, j] > 4 * d_own:
                 break
-            d = 0
-            for ch in range(3):
-                diff = exact_rgb[ch, i] - palette[j, ch]
-                d += diff * diff
+            d = (r - palette[j, 0]) ** 2 + (g - palette[j, 1]) ** 2 + (b - palette[j, 2]) ** 2
             if d < best:
                 best, chosen = d, j
         entry[i] = chosen
+    return entry
+
+
+@njit(cache=True, nogil=True)
+def median_cut_keys(key, n_colors):  # pragma: no cover - compiled
+    """Median cut of pixels given as keys r + 256 g + 65536 b: (palette (K, 3) uint8, index (P,) uint8)."""
+    n_pixels = key.size
+    if n_colors == 1:
+        # One box, never cut: its entry is the mean of all pixels, and every pixel takes it (no distinct colors
+        # needed; the drawn palette sizes are 1 in about a fifth of training examples).
+        values = key.astype(np.int64)
+        own = np.zeros(n_pixels, dtype=np.int64)
+        palette = _means(values, np.ones(n_pixels, dtype=np.int64), own, 1)
+        return palette.astype(np.uint8), np.zeros(n_pixels, dtype=np.uint8)
+
+    exact, exact_counts, exact_of_pixel = _distinct(key, np.empty(0, dtype=np.int64))
+    # Coarser colors while there are too many distinct ones; the boxes live on the coarse colors.
+    coarse, coarse_counts = exact, exact_counts
+    coarse_of_exact = np.arange(exact.size).astype(np.int32)
+    shift = 0
+    while coarse.size > _MAX_DISTINCT:
+        shift += 1
+        shifted = (((exact & 255) >> shift) | ((((exact >> 8) & 255) >> shift) << 8)
+                   | (((exact >> 16) >> shift) << 16))
+        coarse, coarse_counts, coarse_of_exact = _distinct(shifted, exact_counts)
+    own_coarse, k = _boxes(coarse, coarse_counts, n_pixels, n_colors)
+    own = np.empty(exact.size, dtype=np.int64)
+    for i in range(exact.size):
+        own[i] = own_coarse[coarse_of_exact[i]]
+    palette = _means(exact, exact_counts, own, k)
+    entry = _nearest(exact, own, palette)
     index = np.empty(n_pixels, dtype=np.uint8)
     for p in range(n_pixels):
         index[p] = entry[exact_of_pixel[p]]
