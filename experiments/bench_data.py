@@ -151,17 +151,22 @@ def bench_median_cut(paths: list[Path], repeats: int) -> tuple[list[str], dict[s
 
 def previous_rows(path: str, label: str) -> dict[str, list[str]]:
     """The "after" rows of an earlier results file, relabelled, per table ("summary", "stages", "median_cut")."""
-    rows: dict[str, list[str]] = {"summary": [], "stages": [], "median_cut": []}
+    rows: dict[str, list[str]] = {"summary": [], "stages": [], "median_cut": [], "median_cut_header": []}
     section = None
     for line in Path(path).read_text().splitlines():
+        if line.startswith("At "):  # that file's own comparison table: not its rows
+            section = None
+            continue
         if line.startswith("## "):
             section = ("summary" if "50/50" in line else "stages" if "Per stage" in line
                        else "median_cut" if "Median cut" in line else None)
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if section == "median_cut" and cells[0] == "N" and not rows["median_cut_header"]:
+            rows["median_cut_header"] = [line, "|---" * len(cells) + "|"]
         if section in ("summary", "stages") and len(cells) > 2 and cells[1] == "after":
             rows[section].append("| " + " | ".join([cells[0], label, *cells[2:]]) + " |")
-        elif section == "median_cut" and len(cells) == 5 and cells[0].isdigit():
+        elif section == "median_cut" and len(cells) >= 5 and cells[0].isdigit():
             rows[section].append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -251,8 +256,7 @@ def main() -> None:
         f"with numba ({mc_ratio['numpy']:.3f}x with the numpy fallback); the output is identical "
         "(tests/color/test_median_cut.py).",
         *(["", f"At {args.previous_label} (same table, its run):", "",
-           "| N | training probability | numpy (ours) | Pillow | ratio |", "|---|---|---|---|---|",
-           *prev["median_cut"]] if prev else []),
+           *prev["median_cut_header"], *prev["median_cut"]] if prev else []),
         "",
         "## Data wait with 8 and 16 workers",
         "",

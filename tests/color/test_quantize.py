@@ -308,6 +308,9 @@ def test_color_and_index_arrays_equal_the_quantized(seed, n_colors, levels):
     ref = q(torch.from_numpy(x), n_colors)
     assert torch.equal(torch.from_numpy(q.color_array(x, n_colors)), ref.image)
     assert torch.equal(torch.from_numpy(q.index_array(x, n_colors)), ref.index)
+    hint = np.full((7, h, w), np.nan, dtype=np.float32)  # written into the color channels of a hint
+    assert q.color_array(x, n_colors, out=hint[:3]) is not None
+    assert torch.equal(torch.from_numpy(hint[:3]), ref.image) and np.isnan(hint[3:]).all()
 
 
 def test_color_and_index_arrays_of_kmeans_go_through_the_quantizer():
@@ -316,3 +319,5 @@ def test_color_and_index_arrays_of_kmeans_go_through_the_quantizer():
     ref = q(torch.from_numpy(x), 5, seed=7)
     assert torch.equal(torch.from_numpy(q.color_array(x, 5, seed=7)), ref.image)
     assert torch.equal(torch.from_numpy(q.index_array(x, 5, seed=7)), ref.index)
+    out = np.zeros((3, 12, 10), dtype=np.float32)
+    assert q.color_array(x, 5, seed=7, out=out) is out and torch.equal(torch.from_numpy(out), ref.image)

@@ -331,18 +331,28 @@ class Quantizer:
         batch, _ = check_image(image, "image", allow_batch=False)
         return _quantize_one(batch[0], _check_n_colors(n_colors), self.method, self.space, _check_seed(seed))
 
-    def color_array(self, rgb: np.ndarray, n_colors: int, seed: int = 0, u8: np.ndarray | None = None) -> np.ndarray:
+    def color_array(self, rgb: np.ndarray, n_colors: int, seed: int = 0, u8: np.ndarray | None = None,
+                    out: np.ndarray | None = None) -> np.ndarray:
         """`self(torch.from_numpy(rgb), n_colors, seed).image` as a float32 array `(3, H, W)`, without validating
-        `rgb` (a float32 `(3, H, W)` array in [0, 1] that the caller made; `u8`: its `to_u8_array`, if at hand).
+        `rgb` (a float32 `(3, H, W)` array in [0, 1] that the caller made; `u8`: its `to_u8_array`, if at hand),
+        written into `out` (a float32 `(3, H, W)` array, e.g. the color channels of a hint) when given.
 
         The median cut skips building a `Quantized` (its merging and sorting of colors does not change the image).
         """
         n = _check_n_colors(n_colors)
         if self.method != "median_cut":
-            return self(torch.from_numpy(rgb), n, seed).image.numpy()
+            image = self(torch.from_numpy(rgb), n, seed).image.numpy()
+            if out is None:
+                return image
+            out[...] = image
+            return out
         palette, index = median_cut_planes(to_u8_array(rgb) if u8 is None else u8, n)
         lut = palette.T.astype(np.float32) / np.float32(255.0)  # the palette of _quantize_one
-        return np.stack([np.take(lut[c], index) for c in range(3)])
+        if out is None:
+            out = np.empty((3, *index.shape), dtype=np.float32)
+        for c in range(3):
+            np.take(lut[c], index, out=out[c])
+        return out
 
     def index_array(self, rgb: np.ndarray, n_colors: int, seed: int = 0, u8: np.ndarray | None = None) -> np.ndarray:
         """`self(torch.from_numpy(rgb), n_colors, seed).index` as an int64 array `(H, W)`, without validating `rgb`

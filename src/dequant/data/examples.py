@@ -126,7 +126,8 @@ def _masked_mean(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _palette_hint(out: np.ndarray, color: np.ndarray, n_colors: int, keep: bool, neutral: float) -> np.ndarray:
     """`hint_array` in palette mode for a T or G cue already written (when kept) into `out`'s cue channels."""
-    out[COLOR] = color
+    if not np.shares_memory(color, out):  # the quantizer may have written its colors into `out` already
+        out[COLOR] = color
     if not keep:
         out[CUE] = np.float32(neutral)
     out[COLOR_IND] = np.float32(n_colors) / np.float32(MAX_COLORS_SCALE)
@@ -363,19 +364,22 @@ class ExampleMaker:
                                         segment_max_side=self.segment_max_side, labels=labels)
                 fill = rng.random(3).astype(np.float32) if eval_mode else _masked_mean(rgb, mask)
             meta["superpixel"] = superpixel
-        else:
+
+        # T and G cues (the configured ones) are computed straight into the hint's cue channels and the hint is
+        # filled around them in one pass (in palette mode the quantizer writes its colors into it too); other cues
+        # go through the numpy twins.
+        fast = type(self.cue) is TextureCue and self.cue.mode in ("T", "G")
+        h = np.empty((HINT_CHANNELS, s, s), dtype=np.float32) if fast else None
+        if not patch:
             with self._stage("quantize"):
                 if type(self.quantizer) is Quantizer:
                     u8 = _kernels().u8_planes(rgb) if self.quantizer.method == "median_cut" else None
-                    color = self.quantizer.color_array(rgb, n_colors, seed=q_seed, u8=u8)
+                    color = self.quantizer.color_array(rgb, n_colors, seed=q_seed, u8=u8,
+                                                       out=h[COLOR] if fast else None)
                 else:  # any other callable (quantizer, n_colors, seed) -> Quantized
                     color = self.quantizer(target, n_colors, seed=q_seed).image.numpy()
             mask = None
 
-        # T and G cues (the configured ones) are computed straight into the hint's cue channels and the hint is
-        # filled around them in one pass; other cues go through the numpy twins.
-        fast = type(self.cue) is TextureCue and self.cue.mode in ("T", "G")
-        h = np.empty((HINT_CHANNELS, s, s), dtype=np.float32) if fast else None
         with self._stage("cue"):
             cue = None
             if keep or patch:  # a palette example whose texture is dropped never reads the cue
