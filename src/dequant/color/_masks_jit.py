@@ -35,6 +35,22 @@ def _union(parent, i, j):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def _number_sets(parent, n):  # pragma: no cover - compiled
+    """Number the sets of elements 0..n-1 in the order of their roots, each root met before its set's other
+    elements: (set id of each element, number of sets)."""
+    ids = np.empty(n, dtype=np.int64)
+    m = 0
+    for k in range(n):
+        root = _find(parent, k)
+        if root == k:
+            ids[k] = m
+            m += 1
+        else:
+            ids[k] = ids[root]
+    return ids, m
+
+
+@njit(cache=True, nogil=True)
 def _runs(raw):  # pragma: no cover - compiled
     """Runs of `raw` (H, W): value, first column, end column (exclusive) of each, in raster order, and the first run
     of each row (H + 1 entries)."""
@@ -103,16 +119,7 @@ def _run_pieces(values, starts, ends, row_first):  # pragma: no cover - compiled
                 b += 1
     # Every root is its set's first run in raster order (the smaller root always wins), so numbering roots in run
     # order numbers the regions by their first pixel.
-    ids = np.empty(values.size, dtype=np.int64)
-    n = 0
-    for k in range(values.size):
-        root = _find(parent, k)
-        if root == k:
-            ids[k] = n
-            n += 1
-        else:
-            ids[k] = ids[root]
-    return ids, n
+    return _number_sets(parent, values.size)
 
 
 @njit(cache=True, nogil=True)
@@ -270,13 +277,5 @@ def _merge(ids, n, is_main, values, starts, ends, row_first):  # pragma: no cove
         for k in range(indptr[a], indptr[a + 1]):
             border[other[k]] = 0
         _union(parent, a, dst)
-    group = np.empty(n, dtype=np.int64)
-    m = 0
-    for a in range(n):  # a group's root is its smallest piece, met before the group's other pieces
-        r = _find(parent, a)
-        if r == a:
-            group[a] = m
-            m += 1
-        else:
-            group[a] = group[r]
-    return group
+    # A group's root is its smallest piece, met before the group's other pieces.
+    return _number_sets(parent, n)[0]
