@@ -132,3 +132,21 @@ def test_planes_give_the_same_palette_and_index(u8, n_colors):
         np.testing.assert_array_equal(planes_palette, palette)
         assert planes_index.dtype == np.uint8
         np.testing.assert_array_equal(planes_index, index)
+
+
+def test_palette_colors_compiled_equals_numpy(monkeypatch):
+    from dequant.color import median_cut as module
+
+    rng = np.random.default_rng(0)
+    for k in (1, 7, 256):
+        palette = rng.integers(0, 256, (k, 3)).astype(np.uint8)
+        index = rng.integers(0, k, (9, 13)).astype(np.uint8)
+        compiled = module.palette_colors(palette, index)
+        out = np.full((3, 9, 13), np.nan, dtype=np.float32)
+        assert module.palette_colors(palette, index, out) is out
+        monkeypatch.setattr(module, "_JIT", [None])
+        numpy = module.palette_colors(palette, index)
+        monkeypatch.undo()
+        want = (palette.T.astype(np.float32) / np.float32(255.0))[:, index]
+        for got in (compiled, out, numpy):
+            assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))

@@ -11,7 +11,7 @@ import torch
 from dequant.color.cues import TextureCue
 from dequant.color.hint import COLOR, COLOR_IND, CUE, TEX_IND
 from dequant.color.quantize import Quantizer
-from dequant.data.examples import GRAY_METHODS, STAGES, ExampleMaker
+from dequant.data.examples import _CHECKED, GRAY_METHODS, STAGES, ExampleMaker
 from dequant.data.io import load_rgb
 from dequant.data.palette_sizes import FixedPaletteSize, UniformPaletteSize, WeightedPowerOfTwo
 
@@ -252,7 +252,27 @@ def test_image_segmentation_same_with_warm_cold_or_no_cache(photo, small_image):
                 assert torch.equal(cold[key], filled[key]) and torch.equal(cold[key], warm[key])
             mask = cold["mask"]
             assert mask.any() and not mask.all()
-    assert cache and all(labels.dtype == np.int32 for labels, _ in cache.values())
+    segments = {key: value for key, value in cache.items() if key != _CHECKED}
+    assert segments and all(labels.dtype == np.int32 for labels, _ in segments.values())
+
+
+def test_a_cached_image_is_range_checked_once(photo, monkeypatch):
+    from dequant.data import examples
+
+    calls = []
+    check = examples._kernels().in_unit_range
+    monkeypatch.setattr(examples._kernels(), "in_unit_range", lambda chw: calls.append(1) or check(chw))
+    maker = _maker()
+    cache: dict = {}
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        maker(photo * 2, np.random.default_rng(0), segment_cache=cache)
+    assert cache == {}  # a failed check notes nothing
+    examples_ = [maker(photo, np.random.default_rng(seed), segment_cache=cache) for seed in range(3)]
+    assert len(calls) == 2 and cache[_CHECKED] is True
+    for seed, example in enumerate(examples_):  # the note changes nothing in the example
+        uncached = maker(photo, np.random.default_rng(seed))
+        assert all(torch.equal(example[key], uncached[key]) for key in ("hint", "target", "mask"))
+    assert len(calls) == 5  # without a cache, every example checks
 
 
 def test_image_segmentation_buckets_cover_the_scales(photo):

@@ -86,12 +86,26 @@ def _heap_pop(items, size, counts):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _cut(node, packed, weights, start, end, count, lo, hi, left, n_nodes):  # pragma: no cover - compiled
+def _settle(packed, weights, scratch, scratch_w, s, e, lo, hi, node):  # pragma: no cover - compiled
+    """Copy rows s:e back from the scratch run, finding box `node`'s channel ranges on the way."""
+    r0, g0, b0, r1, g1, b1 = 255, 255, 255, 0, 0, 0
+    for i in range(s, e):
+        x = scratch[i]
+        packed[i], weights[i] = x, scratch_w[i]
+        r, g, b = x & 255, (x >> 8) & 255, (x >> 16) & 255
+        r0, g0, b0 = min(r0, r), min(g0, g), min(b0, b)
+        r1, g1, b1 = max(r1, r), max(g1, g), max(b1, b)
+    lo[node, 0], lo[node, 1], lo[node, 2] = r0, g0, b0
+    hi[node, 0], hi[node, 1], hi[node, 2] = r1, g1, b1
+
+
+@njit(cache=True, nogil=True)
+def _cut(node, packed, weights, scratch, scratch_w, start, end, count, lo, hi, left,
+         n_nodes):  # pragma: no cover - compiled
     """Cut box `node` (rows start:end of `packed`, `weights`) as Pillow does; returns the new node count.
 
     A row is one int64, color r | g << 8 | b << 16 and the color's id above bit 24, so a cut moves rows, not an
-    index into them, and reads every box as one contiguous run. The halves' channel ranges are found while
-    partitioning, so each cut reads its box twice (histogram, partition).
+    index into them, and reads every box as one contiguous run. Nothing depends on the order of a box's rows.
     """
     s, e = start[node], end[node]
     # The channel with the largest range weighted 77/150/29, the first one on a tie.
@@ -117,28 +131,22 @@ def _cut(node, packed, weights, start, end, count, lo, hi, left, n_nodes):  # pr
     high_count = 0
     for v in range(threshold, 256):
         high_count += hist[v]
+    # Partition without branches (which side a row goes is a coin toss to the branch predictor): every row is
+    # written at both fronts of the scratch run and one front advances; the high part (values >= threshold)
+    # first, as the palette order wants.
+    front, back = s, e - 1
+    for i in range(s, e):
+        x, w = packed[i], weights[i]
+        scratch[front], scratch_w[front] = x, w
+        scratch[back], scratch_w[back] = x, w
+        high = np.int64(((x >> shift) & 255) >= threshold)
+        front += high
+        back -= 1 - high
     high, low = n_nodes, n_nodes + 1
-    for c in range(3):
-        lo[high, c], hi[high, c], lo[low, c], hi[low, c] = 255, 0, 255, 0
-    # Partition in place: the high part (values >= threshold) first, as the palette order wants.
-    i, j = s, e - 1
-    while i <= j:
-        x = packed[i]
-        side = high if ((x >> shift) & 255) >= threshold else low
-        for c in range(3):
-            v = (x >> (8 * c)) & 255
-            if v < lo[side, c]:
-                lo[side, c] = v
-            if v > hi[side, c]:
-                hi[side, c] = v
-        if side == high:
-            i += 1
-        else:
-            packed[i], packed[j] = packed[j], x
-            weights[i], weights[j] = weights[j], weights[i]
-            j -= 1
-    start[high], end[high], count[high] = s, i, high_count
-    start[low], end[low], count[low] = i, e, count[node] - high_count
+    start[high], end[high], count[high] = s, front, high_count
+    start[low], end[low], count[low] = front, e, count[node] - high_count
+    _settle(packed, weights, scratch, scratch_w, s, front, lo, hi, high)
+    _settle(packed, weights, scratch, scratch_w, front, e, lo, hi, low)
     left[node] = high
     return n_nodes + 2
 
@@ -161,6 +169,8 @@ def _boxes(values, counts, n_pixels, n_colors):  # pragma: no cover - compiled
             v = (x >> (8 * c)) & 255
             lo[0, c], hi[0, c] = min(lo[0, c], v), max(hi[0, c], v)
     weights = counts.copy()
+    scratch = np.empty(m, dtype=np.int64)
+    scratch_w = np.empty(m, dtype=np.int64)
     start = np.zeros(max_nodes, dtype=np.int64)
     end = np.zeros(max_nodes, dtype=np.int64)
     count = np.zeros(max_nodes, dtype=np.int64)
@@ -176,7 +186,7 @@ def _boxes(values, counts, n_pixels, n_colors):  # pragma: no cover - compiled
             node, size = _heap_pop(items, size, count)
         if node < 0:
             break
-        n_nodes = _cut(node, packed, weights, start, end, count, lo, hi, left, n_nodes)
+        n_nodes = _cut(node, packed, weights, scratch, scratch_w, start, end, count, lo, hi, left, n_nodes)
         size = _heap_push(items, size, count, left[node])
         size = _heap_push(items, size, count, left[node] + 1)
     # Palette order: the leaves depth first, high part first.
@@ -265,10 +275,16 @@ def median_cut_keys(key, n_colors):  # pragma: no cover - compiled
     if n_colors == 1:
         # One box, never cut: its entry is the mean of all pixels, and every pixel takes it (no distinct colors
         # needed; the drawn palette sizes are 1 in about a fifth of training examples).
-        values = key.astype(np.int64)
-        own = np.zeros(n_pixels, dtype=np.int64)
-        palette = _means(values, np.ones(n_pixels, dtype=np.int64), own, 1)
-        return palette.astype(np.uint8), np.zeros(n_pixels, dtype=np.uint8)
+        sums = np.zeros(3, dtype=np.int64)
+        for p in range(n_pixels):
+            x = np.int64(key[p])
+            sums[0] += x & 255
+            sums[1] += (x >> 8) & 255
+            sums[2] += x >> 16
+        palette = np.empty((1, 3), dtype=np.uint8)
+        for ch in range(3):  # rounded as `_means` rounds
+            palette[0, ch] = np.uint8(np.floor(0.5 + np.float64(sums[ch]) / np.float64(n_pixels)))
+        return palette, np.zeros(n_pixels, dtype=np.uint8)
 
     exact, exact_counts, exact_of_pixel = _distinct(key, np.empty(0, dtype=np.int64))
     # Coarser colors while there are too many distinct ones; the boxes live on the coarse colors.
@@ -290,3 +306,19 @@ def median_cut_keys(key, n_colors):  # pragma: no cover - compiled
     for p in range(n_pixels):
         index[p] = entry[exact_of_pixel[p]]
     return palette.astype(np.uint8), index
+
+
+@njit(cache=True, nogil=True)
+def palette_fill(palette, index, out):  # pragma: no cover - compiled
+    """out[c] = palette[index, c] / 255 in float32, for a uint8 palette `(K, 3)`, index `(H, W)`, out `(3, H, W)`."""
+    k = palette.shape[0]
+    lut = np.empty((3, k), dtype=np.float32)
+    for c in range(3):
+        for j in range(k):
+            lut[c, j] = np.float32(palette[j, c]) / np.float32(255.0)
+    for c in range(3):
+        table = lut[c]
+        for y in range(index.shape[0]):
+            row, dst = index[y], out[c, y]
+            for x in range(index.shape[1]):
+                dst[x] = table[row[x]]

@@ -249,17 +249,18 @@ def _lookup_table() -> np.ndarray:
 
 
 BACKENDS = ("auto", "numba", "numpy")
-_JIT: list = []  # [the compiled median_cut_keys, or None when numba does not import], filled on first use
+_JIT: list = []  # [the compiled kernels module `_median_cut_jit`, or None when numba does not import], filled on first use
 
 
 def _compiled():
-    """The numba kernel, or None when numba is not installed (imported once, on first use: numba is slow to load)."""
+    """The numba kernels module, or None when numba is not installed (imported once, on first use: numba is slow to
+    load)."""
     if not _JIT:
         try:
-            from dequant.color._median_cut_jit import median_cut_keys
+            from dequant.color import _median_cut_jit as jit
         except ImportError:
-            median_cut_keys = None
-        _JIT.append(median_cut_keys)
+            jit = None
+        _JIT.append(jit)
     return _JIT[0]
 
 
@@ -274,7 +275,7 @@ def _kernel(backend: str):
         if backend == "numba":
             raise ValueError("backend='numba' needs the numba package (pip install numba), which does not import")
         return _median_cut_keys
-    return jit
+    return jit.median_cut_keys
 
 
 def _check_n_colors(n_colors: object) -> None:
@@ -320,6 +321,21 @@ def median_cut_planes(u8: np.ndarray, n_colors: int, backend: str = "auto") -> t
     key = _keys(u8[0], u8[1], u8[2])
     palette, index = kernel(key, int(n_colors))
     return palette, index.reshape(u8.shape[1:])
+
+
+def palette_colors(palette: np.ndarray, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The image of a uint8 palette `(K, 3)` and index map `(H, W)`: float32 `(3, H, W)` in [0, 1], written into
+    `out` when given (one compiled pass when numba imports, else three numpy lookups; the same values)."""
+    if out is None:
+        out = np.empty((3, *index.shape), dtype=np.float32)
+    jit = _compiled()
+    if jit is not None:
+        jit.palette_fill(palette, index, out)
+        return out
+    lut = palette.T.astype(np.float32) / np.float32(255.0)
+    for c in range(3):
+        np.take(lut[c], index, out=out[c])
+    return out
 
 
 def _median_cut_keys(key: np.ndarray, n_colors: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from dequant.color._checks import check_choice, check_image
 from dequant.color.colorspace import lab_to_rgb, rgb_to_lab
-from dequant.color.median_cut import median_cut, median_cut_planes
+from dequant.color.median_cut import median_cut, median_cut_planes, palette_colors
 
 METHODS = ("median_cut", "kmeans")
 SPACES = ("rgb", "lab")
@@ -347,12 +347,7 @@ class Quantizer:
             out[...] = image
             return out
         palette, index = median_cut_planes(to_u8_array(rgb) if u8 is None else u8, n)
-        lut = palette.T.astype(np.float32) / np.float32(255.0)  # the palette of _quantize_one
-        if out is None:
-            out = np.empty((3, *index.shape), dtype=np.float32)
-        for c in range(3):
-            np.take(lut[c], index, out=out[c])
-        return out
+        return palette_colors(palette, index, out)  # the palette of _quantize_one, / 255 in float32
 
     def index_array(self, rgb: np.ndarray, n_colors: int, seed: int = 0, u8: np.ndarray | None = None) -> np.ndarray:
         """`self(torch.from_numpy(rgb), n_colors, seed).index` as an int64 array `(H, W)`, without validating `rgb`

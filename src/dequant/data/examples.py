@@ -59,6 +59,8 @@ SMALL_IMAGE_MODES = ("upscale", "pad")
 SEGMENT_SOURCES = ("crop", "image")
 GRAY_METHODS = ("opencv", "lab_l", "mean")
 STAGES = ("augment", "quantize", "mask", "cue", "hint")
+# The segment_cache key noting that the image's values were checked.
+_CHECKED = "values_checked"
 # BT.601 luma, the weights of OpenCV's RGB2GRAY.
 _GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -101,8 +103,9 @@ def _scale_saturation(chw: np.ndarray, factor: float) -> np.ndarray:
     return np.clip(rgb, 0.0, 1.0).transpose(2, 0, 1)
 
 
-def _image_array(image: Tensor) -> np.ndarray:
-    """Validate `image` (3, H, W) in [0, 1] and return it as a float32 numpy array (a view when possible)."""
+def _image_array(image: Tensor, check_range: bool = True) -> np.ndarray:
+    """Validate `image` (3, H, W) in [0, 1] and return it as a float32 numpy array (a view when possible);
+    `check_range=False` skips the value check (for an image already checked)."""
     if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
         # check_image words the error; it is only reached for bad input.
         check_image(image, "image", allow_batch=False)
@@ -112,7 +115,7 @@ def _image_array(image: Tensor) -> np.ndarray:
     chw = image.detach().cpu().float().numpy()
     # This runs on every full-size source: one compiled pass instead of numpy's min and max (~20x cheaper than
     # torch's); the range is only computed to word the error.
-    if not _kernels().in_unit_range(chw):
+    if check_range and not _kernels().in_unit_range(chw):
         lo, hi = float(chw.min()), float(chw.max())
         raise ValueError(f"image values must be finite and lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
     return chw
@@ -249,9 +252,11 @@ class ExampleMaker:
         ph, pw = max(s - h, 0), max(s - w, 0)
         return np.pad(chw, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
 
-    def _augment(self, image: Tensor, rng: np.random.Generator) -> tuple[Tensor, dict[str, Any], np.ndarray]:
-        """`augment`, plus the capped source it cropped from (for segmenting the whole image)."""
-        chw = _image_array(image)
+    def _augment(self, image: Tensor, rng: np.random.Generator,
+                 checked: bool = False) -> tuple[Tensor, dict[str, Any], np.ndarray]:
+        """`augment`, plus the capped source it cropped from (for segmenting the whole image); `checked`: the
+        image's values were checked before (its range is not checked again)."""
+        chw = _image_array(image, check_range=not checked)
         s = self.crop_size
         h, w = chw.shape[1:]
         meta: dict[str, Any] = {"source_size": (h, w)}
@@ -321,17 +326,22 @@ class ExampleMaker:
         return cut_labels(labels, rows, cols, areas * (hs * ws / (hb * wb)))
 
     def __call__(self, image: Tensor, rng: np.random.Generator, *, eval_mode: bool = False,
-                 segment_cache: MutableMapping[Any, np.ndarray] | None = None) -> dict[str, Any]:
+                 segment_cache: MutableMapping[Any, Any] | None = None) -> dict[str, Any]:
         """One example: `hint (7,S,S)`, `target (3,S,S)`, `mask (S,S)` bool (all False in palette mode),
         `n_colors` int (the drawn N; in patch mode it only matters for index-map masks), `patch` bool,
         `keep_texture` bool and `meta` (the augmentation's choices).
 
-        `segment_cache`: a dict kept with this source image (`segment_source="image"`), where the image's
-        segmentations are stored and reused; the example is the same with a warm, cold or no cache."""
+        `segment_cache`: a dict kept with this source image (the data module keeps one beside each cached image),
+        where the image's segmentations (`segment_source="image"`) are stored and reused, and a note that its
+        values were checked (so a cached image is range-checked once, not on every example); the example is the
+        same with a warm, cold or no cache."""
         if not isinstance(rng, np.random.Generator):
             raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         with self._stage("augment"):
-            target, meta, source = self._augment(image, rng)
+            checked = segment_cache is not None and bool(segment_cache.get(_CHECKED, False))
+            target, meta, source = self._augment(image, rng, checked)
+            if segment_cache is not None and not checked:
+                segment_cache[_CHECKED] = True
         n_colors = int(self.palette_sizes.sample(rng))
         patch = bool(rng.random() < self.p_patch)
         # Seed for quantizers that use one (k-means); drawn always so both modes consume the same stream.
