@@ -62,8 +62,9 @@ def _worker_init(_worker_id: int) -> None:
 
 
 class _SegmentCache(dict):
-    """An image's segmentations (ExampleMaker's segment_cache); entries count against the source's cache budget
-    and one that does not fit is not kept (the maker then segments again: same example, more time)."""
+    """What ExampleMaker keeps with one cached image (its segment_cache: the image's segmentations, and a note that
+    its values were checked); entries count against the source's cache budget and one that does not fit is not
+    kept (the maker then segments again: same example, more time)."""
 
     def __init__(self, source: _ImageSource) -> None:
         super().__init__()
@@ -87,7 +88,7 @@ class _ImageSource:
         self.split = split
         self._cached: dict[int, Tensor] = {}
         self._cached_bytes = 0
-        # Segmentations of each cached image (ExampleMaker's segment_cache), kept beside the decoded image.
+        # What the example maker keeps with each cached image (its segment_cache), beside the decoded image.
         self._segments: dict[int, _SegmentCache] = {}
         self._bad: dict[int, str] = {}  # position -> why it cannot be loaded
 
