@@ -249,7 +249,7 @@ def _lookup_table() -> np.ndarray:
 
 
 BACKENDS = ("auto", "numba", "numpy")
-_JIT: list = []  # [the compiled kernels module `_median_cut_jit`, or None when numba does not import], filled on first use
+_JIT: list = []  # [the kernels module `_median_cut_jit`, or None when numba does not import], filled on first use
 
 
 def _compiled():
