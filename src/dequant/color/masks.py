@@ -24,6 +24,7 @@ from skimage import color as skcolor
 from skimage import filters, measure, segmentation
 from torch import Tensor
 
+from dequant.color._kernels import optional_kernels
 from dequant.color._checks import check_choice, check_image, check_point
 
 SEGMENTERS: tuple[str, ...] = ("felzenszwalb", "slic", "quickshift", "watershed")
@@ -57,14 +58,8 @@ _JIT: list = []  # [the compiled kernels module `_masks_jit`, or None when numba
 
 
 def _compiled():
-    """The numba kernels, or None when numba is not installed (imported once, on first use: numba is slow to load)."""
-    if not _JIT:
-        try:
-            from dequant.color import _masks_jit as jit
-        except ImportError:
-            jit = None
-        _JIT.append(jit)
-    return _JIT[0]
+    """The numba kernels module, or None when numba is not installed (imported once, on first use)."""
+    return optional_kernels(_JIT, "dequant.color._masks_jit")
 
 
 def _int_map(labels: object) -> bool:

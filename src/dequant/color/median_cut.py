@@ -28,6 +28,8 @@ from numbers import Integral
 
 import numpy as np
 
+from dequant.color._kernels import optional_kernels
+
 MAX_DISTINCT = 65536
 # Channel weights of the cut-axis choice (the luma weights Pillow uses, in 1/256).
 _AXIS_WEIGHTS = (77, 150, 29)
@@ -253,15 +255,8 @@ _JIT: list = []  # [the kernels module `_median_cut_jit`, or None when numba doe
 
 
 def _compiled():
-    """The numba kernels module, or None when numba is not installed (imported once, on first use: numba is slow to
-    load)."""
-    if not _JIT:
-        try:
-            from dequant.color import _median_cut_jit as jit
-        except ImportError:
-            jit = None
-        _JIT.append(jit)
-    return _JIT[0]
+    """The numba kernels module, or None when numba is not installed (imported once, on first use)."""
+    return optional_kernels(_JIT, "dequant.color._median_cut_jit")
 
 
 def _kernel(backend: str):
