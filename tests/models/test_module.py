@@ -212,6 +212,30 @@ def test_fit_concat_updates_ema_and_writes_samples(tmp_path):
     assert lrs == [pytest.approx(1e-4)]
 
 
+@pytest.mark.parametrize("decay", [0, 10])
+def test_learning_rate_warms_up_then_decays_to_zero_on_a_cosine(decay):
+    opts = _module(lr=1e-3, warmup_steps=2, lr_decay_steps=decay).configure_optimizers()
+    opt, sched = opts["optimizer"], opts["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == [pytest.approx(5e-4), pytest.approx(1e-3), pytest.approx(1e-3)]
+    if decay == 0:
+        assert lrs[2:] == [pytest.approx(1e-3)] * 10
+    else:
+        # Half-way through the decay (step 6 of 2..10) the cosine stands at half; from step 10 on, at 0.
+        assert lrs[6] == pytest.approx(5e-4) and all(a > b for a, b in zip(lrs[2:10], lrs[3:11]))
+        assert lrs[10:] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("bad", [-1, 2, 1.5, True])
+def test_lr_decay_steps_out_of_range_is_refused(bad):
+    with pytest.raises(ValueError, match="lr_decay_steps"):
+        _module(warmup_steps=2, lr_decay_steps=bad)
+
+
 def test_ema_updates_once_per_optimizer_step(tmp_path):
     module = _module()
     trainer = L.Trainer(

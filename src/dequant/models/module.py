@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ class DequantModule(L.LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        lr_decay_steps: int = 0,
         ema_decay: float = 0.999,
         use_ema: bool = True,
         cond_dropout: float = 0.0,
@@ -106,6 +108,10 @@ class DequantModule(L.LightningModule):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if isinstance(lr_decay_steps, bool) or not isinstance(lr_decay_steps, int) or lr_decay_steps < 0:
+            raise ValueError(f"lr_decay_steps must be an int >= 0 (0 = no decay), got {lr_decay_steps!r}")
+        if 0 < lr_decay_steps <= warmup_steps:
+            raise ValueError(f"lr_decay_steps ({lr_decay_steps}) must exceed warmup_steps ({warmup_steps}), or be 0")
         if not 0.0 <= cond_dropout <= 1.0:
             raise ValueError(f"cond_dropout must lie in [0, 1], got {cond_dropout}")
         if val_max_images < 0:
@@ -233,15 +239,21 @@ class DequantModule(L.LightningModule):
             self.ema.update(self.net.trainable_module())
 
     def configure_optimizers(self) -> dict:
-        """AdamW on the net's trainable module with a per-step linear warmup."""
+        """AdamW on the net's trainable module: a per-step linear warmup, then (`lr_decay_steps` > 0) a cosine decay
+        that reaches 0 at step `lr_decay_steps` and stays there."""
         params = [p for p in self.net.trainable_module().parameters() if p.requires_grad]
         opt = torch.optim.AdamW(
             params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay
         )
         warmup = int(self.hparams.warmup_steps)
+        decay = int(self.hparams.lr_decay_steps)
 
         def factor(step: int) -> float:
-            return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
+            scale = 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
+            if decay > 0:
+                progress = min(1.0, max(0, step - warmup) / (decay - warmup))
+                scale *= 0.5 * (1.0 + math.cos(math.pi * progress))
+            return scale
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
