@@ -252,6 +252,46 @@ def test_bridge_arguments_are_checked(kwargs):
         BridgeFormulation(**kwargs)
 
 
+@pytest.mark.parametrize("cls", [NoiseFormulation, ResidualFormulation, BridgeFormulation])
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True, "4"])
+def test_grad_weight_out_of_range_is_refused_by_every_formulation(cls, bad):
+    with pytest.raises(ValueError, match="grad_weight"):
+        cls(grad_weight=bad)
+
+
+@pytest.mark.parametrize("cls", [NoiseFormulation, ResidualFormulation, BridgeFormulation])
+def test_grad_weight_adds_to_every_formulations_loss_and_zero_leaves_it_unchanged(cls):
+    torch.manual_seed(0)
+    net = ConcatUNet(**TINY_NET)
+    nn.init.normal_(net.unet.conv_out.weight, std=0.1)  # an untrained zero-init net would make no contour error
+    scheduler = DequantModule(ConcatUNet(**TINY_NET)).noise_scheduler
+    x0 = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    hint = _hint()
+
+    def loss(w):
+        gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        return float(cls(grad_weight=w).validation_loss(net, x0, hint, scheduler, gens))
+
+    assert loss(0.0) == loss(0)
+    assert loss(4.0) > loss(0.0) + 1e-4
+    assert cls(grad_weight=4).hydra_config()["grad_weight"] == 4.0
+
+
+@pytest.mark.parametrize("experiment", ["demo", "cpu_quality"])
+@pytest.mark.parametrize("formulation", ["noise", "residual", "bridge"])
+def test_the_formulation_sweep_builds_every_formulation_on_the_cpu_recipes(experiment, formulation):
+    # sweeps/formulation.yaml swaps the formulation of a recipe that sets formulation.grad_weight.
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from dequant.config import conf_dir
+
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"formulation={formulation}"])
+    built = instantiate(cfg.formulation)
+    assert built.name == formulation and built.grad_weight == 4.0
+
+
 def test_network_evaluations_per_image():
     assert NoiseFormulation().network_evaluations(SamplerSpec("ddim", steps=10, start_step=4)) == 6
     assert ResidualFormulation().network_evaluations(SamplerSpec("predictor", steps=1)) == 1

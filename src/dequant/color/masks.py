@@ -24,8 +24,8 @@ from skimage import color as skcolor
 from skimage import filters, measure, segmentation
 from torch import Tensor
 
-from dequant.color._kernels import optional_kernels
 from dequant.color._checks import check_choice, check_image, check_point
+from dequant.color._kernels import optional_kernels
 
 SEGMENTERS: tuple[str, ...] = ("felzenszwalb", "slic", "quickshift", "watershed")
 

@@ -70,6 +70,23 @@ def regression_loss(pred: Tensor, target: Tensor, kind: str, grad_weight: float 
     return torch.log(per_image + _LOG_EPS).mean()
 
 
+def _check_grad_weight(grad_weight: float) -> float:
+    """A finite weight >= 0 for the gradient term."""
+    if isinstance(grad_weight, bool) or not isinstance(grad_weight, (int, float)) or not (
+            math.isfinite(grad_weight) and grad_weight >= 0):
+        raise ValueError(f"grad_weight must be a finite number >= 0, got {grad_weight!r}")
+    return float(grad_weight)
+
+
+def _diffusion_mse(pred: Tensor, target: Tensor, grad_weight: float) -> Tensor:
+    """MSE of the net's eps / v / x0 prediction, plus `grad_weight` times the squared error of its gradients
+    (`_gradient_sq_error`); for eps and v that is the x0 estimate's gradient error, scaled per timestep."""
+    loss = F.mse_loss(pred.float(), target.float())
+    if grad_weight > 0:
+        loss = loss + grad_weight * _gradient_sq_error(pred.float() - target.float()).mean()
+    return loss
+
+
 def _with_guidance(net: Net, guidance: float, null_hint: Tensor | None) -> Net:
     """A net whose output mixes conditional and null-hint outputs, u + g (c - u), when guidance != 1."""
     if guidance == 1.0:
@@ -151,19 +168,25 @@ class NoiseFormulation(Formulation):
     name = "noise"
     samplers = DIFFUSION_SAMPLERS
 
+    def __init__(self, grad_weight: float = 0.0) -> None:
+        self.grad_weight = _check_grad_weight(grad_weight)
+
+    def _kwargs(self) -> dict:
+        return {"grad_weight": self.grad_weight}
+
     def training_loss(self, net, x0, hint, scheduler, generator):
-        """MSE between the net's prediction and eps/v/x0 at uniform random timesteps."""
+        """MSE between the net's prediction and eps/v/x0 at uniform random timesteps (plus the gradient term)."""
         b = x0.shape[0]
         t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         pred = net(scheduler.add_noise(x0, noise, t), t, hint)
-        return F.mse_loss(pred.float(), diffusion_targets(scheduler, x0, noise, t).float())
+        return _diffusion_mse(pred, diffusion_targets(scheduler, x0, noise, t), self.grad_weight)
 
     def validation_loss(self, net, x0, hint, scheduler, generators):
         """The same MSE at per-image fixed timesteps and noise."""
         t, noise = _fixed_t_noise(x0, generators, scheduler.config.num_train_timesteps)
         pred = net(scheduler.add_noise(x0, noise, t), t, hint)
-        return F.mse_loss(pred.float(), diffusion_targets(scheduler, x0, noise, t).float())
+        return _diffusion_mse(pred, diffusion_targets(scheduler, x0, noise, t), self.grad_weight)
 
     def sample(self, net, hint, spec, scheduler, generators, null_hint=None):
         """Walk from pure noise (or from the noised color input after `start_step`) with a diffusers sampler."""
@@ -188,7 +211,7 @@ class ResidualFormulation(Formulation):
     samplers = ("predictor", *DIFFUSION_SAMPLERS)
 
     def __init__(self, predictor_loss: str = "log_l2", refiner_weight: float = 1.0, residual_scale: float = 0.5,
-                 zero_init: bool = True) -> None:
+                 zero_init: bool = True, grad_weight: float = 0.0) -> None:
         check_choice(predictor_loss, REGRESSION_LOSSES, "predictor_loss")
         if refiner_weight < 0:
             raise ValueError(f"refiner_weight must be >= 0, got {refiner_weight}")
@@ -198,10 +221,11 @@ class ResidualFormulation(Formulation):
         self.refiner_weight = float(refiner_weight)
         self.residual_scale = float(residual_scale)
         self.zero_init = bool(zero_init)
+        self.grad_weight = _check_grad_weight(grad_weight)
 
     def _kwargs(self) -> dict:
         return {"predictor_loss": self.predictor_loss, "refiner_weight": self.refiner_weight,
-                "residual_scale": self.residual_scale, "zero_init": self.zero_init}
+                "residual_scale": self.residual_scale, "zero_init": self.zero_init, "grad_weight": self.grad_weight}
 
     def init_net(self, net: nn.Module) -> None:
         """Zero the last layer: the untrained predictor returns its color input and the refiner adds nothing."""
@@ -221,7 +245,8 @@ class ResidualFormulation(Formulation):
     def _losses(self, net, x0, hint, scheduler, t, noise) -> Tensor:
         n_t = scheduler.config.num_train_timesteps
         g = self.predict(net, hint, n_t)
-        loss = regression_loss(g, x0, self.predictor_loss)
+        # The gradient term charges the predictor, whose output is the image; the refiner keeps its diffusion MSE.
+        loss = regression_loss(g, x0, self.predictor_loss, self.grad_weight)
         if self.refiner_weight > 0:
             # The refiner learns what the predictor misses; it does not push the predictor around.
             r = (x0 - g.detach()) / self.residual_scale
@@ -270,13 +295,11 @@ class BridgeFormulation(Formulation):
             raise ValueError(f"sigma must be >= 0, got {sigma}")
         if not 0.0 <= p_endpoint <= 1.0:
             raise ValueError(f"p_endpoint must lie in [0, 1], got {p_endpoint}")
-        if not grad_weight >= 0:
-            raise ValueError(f"grad_weight must be >= 0, got {grad_weight}")
         self.sigma = float(sigma)
         self.loss = loss
         self.p_endpoint = float(p_endpoint)
         self.zero_init = bool(zero_init)
-        self.grad_weight = float(grad_weight)
+        self.grad_weight = _check_grad_weight(grad_weight)
 
     def _kwargs(self) -> dict:
         return {"sigma": self.sigma, "loss": self.loss, "p_endpoint": self.p_endpoint, "zero_init": self.zero_init,
