@@ -260,7 +260,7 @@ def test_grad_weight_out_of_range_is_refused_by_every_formulation(cls, bad):
 
 
 @pytest.mark.parametrize("cls", [NoiseFormulation, ResidualFormulation, BridgeFormulation])
-def test_grad_weight_adds_to_every_formulations_loss_and_zero_leaves_it_unchanged(cls):
+def test_grad_weight_adds_to_every_formulations_loss_and_defaults_to_none(cls):
     torch.manual_seed(0)
     net = ConcatUNet(**TINY_NET)
     nn.init.normal_(net.unet.conv_out.weight, std=0.1)  # an untrained zero-init net would make no contour error
@@ -268,12 +268,13 @@ def test_grad_weight_adds_to_every_formulations_loss_and_zero_leaves_it_unchange
     x0 = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
     hint = _hint()
 
-    def loss(w):
+    def loss(formulation):
         gens = [torch.Generator().manual_seed(i) for i in range(2)]
-        return float(cls(grad_weight=w).validation_loss(net, x0, hint, scheduler, gens))
+        return float(formulation.validation_loss(net, x0, hint, scheduler, gens))
 
-    assert loss(0.0) == loss(0)
-    assert loss(4.0) > loss(0.0) + 1e-4
+    # An old checkpoint's formulation node has no grad_weight: its default must be the loss it trained with.
+    assert loss(cls()) == loss(cls(grad_weight=0.0))
+    assert loss(cls(grad_weight=4.0)) > loss(cls()) + 1e-4
     assert cls(grad_weight=4).hydra_config()["grad_weight"] == 4.0
 
 
