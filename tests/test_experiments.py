@@ -59,3 +59,21 @@ def test_bench_render_size_compares_native_with_upscaled(tiny_ckpt, tiny_photos,
                        "-o", str(out)]) == 0
     text = out.read_text()
     assert "native" in text and "train+bicubic" in text and "input" in text
+
+
+def test_transfer_texture_oracle_scores_the_photo_and_the_input(tiny_photos, capsys):
+    oracle = _script("transfer_texture_oracle")
+    images = str(tiny_photos[0].parent / "*")
+    assert oracle.main(["--images", images, "--size", "32"]) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[1].replace(".", "").isdigit():
+            rows[cells[0]] = (float(cells[1]), float(cells[2]))
+    assert len(rows) == 4 + len(oracle.BLENDS)
+    assert rows["the photo itself"][1] == 1.0
+    assert rows["input (recolored quantized)"][0] == 0.0
+    # Pulling lightness toward the photo's costs palette obedience at every step.
+    shifts = [rows["photo + palette shift"][0]] + [rows[f"photo + palette shift, L {a:.0%} the photo's"][0]
+                                                   for a in oracle.BLENDS]
+    assert shifts == sorted(shifts) and shifts[0] < rows["the photo itself"][0]

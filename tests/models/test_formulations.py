@@ -279,7 +279,7 @@ def test_grad_weight_adds_to_every_formulations_loss_and_defaults_to_none(cls):
 
 
 @pytest.mark.parametrize("experiment", ["demo", "cpu_quality"])
-@pytest.mark.parametrize("formulation", ["noise", "residual", "bridge"])
+@pytest.mark.parametrize("formulation", ["noise", "residual", "bridge", "bridge_one_step"])
 def test_the_formulation_sweep_builds_every_formulation_on_the_cpu_recipes(experiment, formulation):
     # sweeps/formulation.yaml swaps the formulation of a recipe that sets formulation.grad_weight.
     from hydra import compose, initialize_config_dir
@@ -290,7 +290,11 @@ def test_the_formulation_sweep_builds_every_formulation_on_the_cpu_recipes(exper
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}", f"formulation={formulation}"])
     built = instantiate(cfg.formulation)
-    assert built.name == formulation and built.grad_weight == 4.0
+    assert built.name == formulation.removesuffix("_one_step") and built.grad_weight == 4.0
+    if built.name == "bridge":
+        # bridge_one_step trains only where its own default sampler (one step from the color input) starts.
+        assert built.p_endpoint == (1.0 if formulation == "bridge_one_step" else 0.5)
+        assert cfg.sampler.name == "bridge" and cfg.sampler.steps == 1
 
 
 def test_network_evaluations_per_image():
