@@ -473,7 +473,7 @@ def test_unknown_choice_message_names_the_group_and_its_choices() -> None:
 
     conf = ROOT / "conf"
     assert unknown_choice_message(conf, ["formulation=foo"]) == (
-        "formulation: 'foo' is not an option; choices: bridge, noise, residual")
+        "formulation: 'foo' is not an option; choices: bridge, bridge_one_step, noise, residual")
     # A sweep names its bad value; known values, null, plain keys, deletions and Hydra's own groups pass.
     assert "'bad'" in unknown_choice_message(conf, ["-m", "formulation=noise,bad", "--cfg", "job"])
     assert unknown_choice_message(conf, ["formulation=bridge", "sampler=null", "module.lr=1", "~logger",
