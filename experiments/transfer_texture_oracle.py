@@ -7,7 +7,8 @@ outputs no model can beat at keeping texture, and prints both scores:
 - the recolored quantized image (the model's input);
 - "photo + palette shift": the photo with each region moved by its palette color's change, so every pixel keeps
   its own deviation from its palette color (all of the photo's texture, the new colors on average);
-- the same with its CIELab L pulled toward the photo's by a fraction a (a = 1: the authors' post_L of the input);
+- the same with its CIELab L pulled toward the photo's by a fraction a;
+- the input with the photo's CIELab L (the authors' post_L);
 - the photo itself.
 
     python experiments/transfer_texture_oracle.py [--images 'src/dequant/assets/heldout_photos/*.jpg' ...] [--size 64]
