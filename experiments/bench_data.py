@@ -1,22 +1,28 @@
 """Data-pipeline throughput on one core, before and after issue 10: examples per CPU second at 64 and 256, per stage.
 
 Run: `python experiments/bench_data.py [--n 40] [--images DIR] [--out experiments/results/bench_data.md]`.
-One process, torch and OpenCV limited to one thread (what one DataLoader worker gets).
+One process, torch and OpenCV limited to one thread (what one DataLoader worker gets). The example makers are the
+project's own data configs, composed by Hydra as train.py composes them, at each crop size:
 
-- before: the configuration before issue 10, run through today's `ExampleMaker`: Pillow's median cut
-  (`Image.quantize`), superpixels segmented on each crop downscaled to 128 px (the old default,
-  `segment_max_side: 128`), the image decoded for every example.
-- after: our median cut (numba-compiled; identical output), superpixels cut out of the full-resolution segmentation of the
-  whole source image, cached per image and scale bucket (`segment_source: image`, `segment_max_side: null`, the
-  authors' resolution), the decoded image cached: a worker's steady state once its caches are warm. Filling the
-  cache is a one-time cost per image, reported separately.
+- before: the default data config with issue 10's changes undone where a config can undo them: Pillow's median cut
+  (`Image.quantize`) and the image decoded for every example (superpixels segmented on each crop downscaled to
+  128 px, as the default still does).
+- default: conf/data/default.yaml (our median cut, numba-compiled, identical output; superpixels segmented on each
+  crop downscaled to 128 px; the decoded image cached).
+- paper_256: that experiment's data config (superpixels cut out of the full-resolution segmentation of the whole
+  source image, cached per image and scale bucket: `segment_source: image`, the authors' resolution), with every
+  image's cache warm: a worker's steady state. Filling the cache is a one-time cost per image and worker, reported
+  separately, and a table says what patch mode costs when a worker uses each image only 1, 4, 16 or 64 times
+  before its cache is dropped (a dataset larger than `data.cache_max_gb`, or few examples per image).
 
 `--previous FILE --previous-label NAME`: a results file this script wrote at another commit (run it there with
-`--out FILE`); its "after" rows join every table as rows named NAME, for a comparison under the same machine load.
+`--out FILE`); its "after" (or "paper_256") rows join every table as rows named NAME, for a comparison under the
+same machine load.
 
 Also times the median cut alone against Pillow's at 256x256 for every palette size of the training distribution.
-The data wait of a GPU training step with 8 or 16 workers needs a machine with that many cores; this one has
-os.cpu_count() cores, so the file says what was and was not measured.
+The data wait of a GPU training step with 8 or 16 workers needs a machine with that many cores
+(experiments/bench_scale.py measures it); this one has os.cpu_count() cores, so the file says what was and was not
+measured.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from PIL import Image
 
 from dequant.color.median_cut import median_cut
 from dequant.color.quantize import Quantized, Quantizer
+from dequant.config import conf_dir
 from dequant.data.examples import STAGES, ExampleMaker
 from dequant.data.io import list_images, load_rgb
 from dequant.data.palette_sizes import WeightedPowerOfTwo
@@ -41,6 +48,8 @@ from dequant.data.resize import short_side_size
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "dequant" / "assets" / "images"
 ALL_STAGES = ("load", *STAGES)
+SETUPS = ("before", "default", "paper_256")
+REUSES = (1, 4, 16, 64)
 TARGET_PER_S = 150  # examples/s per core at 256x256 for the 50/50 mix (the issue's goal)
 
 
@@ -55,12 +64,32 @@ class PillowMedianCut(Quantizer):
         return Quantized.from_assignment(torch.from_numpy(palette), torch.from_numpy(np.asarray(q, dtype=np.int64)))
 
 
+def configured_maker(experiment: str | None, crop: int, p_patch: float, *overrides: str) -> ExampleMaker:
+    """The example maker of the project's data config (`experiment=None`: conf/data/default.yaml; else that
+    experiment's) with `overrides`, composed by Hydra as train.py would, at this crop size and patch probability,
+    profiling."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    overrides = [f"data.example.crop_size={crop}", f"data.example.p_patch={p_patch}", *overrides]
+    if experiment is not None:
+        overrides.insert(0, f"experiment={experiment}")
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    return instantiate(cfg.data.example, profile=True)
+
+
 def maker_for(setup: str, crop: int, p_patch: float) -> ExampleMaker:
+    """The example maker of one setup: "before" (the default data config with issue 10's changes undone), "default"
+    (conf/data/default.yaml), "authors" (the default with each crop segmented at full resolution, the authors'
+    procedure) or "paper_256" (that experiment's data config; all at this crop size)."""
     if setup == "before":
-        return ExampleMaker(crop_size=crop, p_patch=p_patch, quantizer=PillowMedianCut(), segment_max_side=128,
-                            profile=True)
-    return ExampleMaker(crop_size=crop, p_patch=p_patch, segment_source="image", segment_max_side=None,
-                        profile=True)
+        maker = configured_maker(None, crop, p_patch)
+        maker.quantizer = PillowMedianCut()
+        return maker
+    if setup == "authors":
+        return configured_maker(None, crop, p_patch, "data.example.segment_max_side=null")
+    return configured_maker(None if setup == "default" else setup, crop, p_patch)
 
 
 def fill_cache(maker: ExampleMaker, image: torch.Tensor, cache: dict) -> None:
@@ -80,7 +109,7 @@ def fill_cache(maker: ExampleMaker, image: torch.Tensor, cache: dict) -> None:
 
 def bench(setup: str, paths: list[Path], crop: int, p_patch: float, n: int,
           caches: list[dict] | None = None) -> dict[str, float]:
-    """Mean seconds per example of each stage, plus total and examples/s ('after': with the warm `caches`)."""
+    """Mean seconds per example of each stage, plus total and examples/s (paper_256: with the warm `caches`)."""
     maker = maker_for(setup, crop, p_patch)
     images = [load_rgb(p) for p in paths]
     if caches is None:
@@ -107,7 +136,7 @@ def bench(setup: str, paths: list[Path], crop: int, p_patch: float, n: int,
 
 def filled_caches(paths: list[Path], crop: int) -> tuple[list[dict], float, int]:
     """Every image's full segmentation cache; mean seconds to fill one image's, and segmentations in all."""
-    maker = maker_for("after", crop, 1.0)
+    maker = maker_for("paper_256", crop, 1.0)
     caches, total = [], 0.0
     for p in paths:
         cache: dict = {}
@@ -117,6 +146,27 @@ def filled_caches(paths: list[Path], crop: int) -> tuple[list[dict], float, int]
         total += time.process_time() - start
         caches.append(cache)
     return caches, total / len(paths), sum(len(c) for c in caches)
+
+
+def bench_reuse(paths: list[Path], crop: int, uses: int, n: int) -> tuple[float, float]:
+    """Patch mode with paper_256's masks when a worker uses each image `uses` times: every image's segmentation
+    cache starts empty and is dropped after `uses` examples (what a dataset too large for the cache, or an epoch
+    that reaches each image rarely, costs). (CPU ms per example, segmentations per example)."""
+    maker = maker_for("paper_256", crop, 1.0)
+    images = [load_rgb(p) for p in paths]
+    caches: list[dict] = [{} for _ in paths]
+    made = [0] * len(paths)
+    segmented = 0
+    cpu_start = time.process_time()
+    for i in range(n):
+        j = i % len(paths)
+        if made[j] == uses:
+            segmented += sum(1 for key in caches[j] if isinstance(key, tuple))
+            caches[j], made[j] = {}, 0
+        maker(images[j], np.random.default_rng([1, i]), segment_cache=caches[j])
+        made[j] += 1
+    segmented += sum(1 for c in caches for key in c if isinstance(key, tuple))
+    return (time.process_time() - cpu_start) / n * 1e3, segmented / n
 
 
 def bench_median_cut(paths: list[Path], repeats: int) -> tuple[list[str], dict[str, float]]:
@@ -150,7 +200,8 @@ def bench_median_cut(paths: list[Path], repeats: int) -> tuple[list[str], dict[s
 
 
 def previous_rows(path: str, label: str) -> dict[str, list[str]]:
-    """The "after" rows of an earlier results file, relabelled, per table ("summary", "stages", "median_cut")."""
+    """The "after" (or "paper_256") rows of an earlier results file, relabelled, per table ("summary", "stages",
+    "median_cut")."""
     rows: dict[str, list[str]] = {"summary": [], "stages": [], "median_cut": [], "median_cut_header": []}
     section = None
     for line in Path(path).read_text().splitlines():
@@ -164,7 +215,7 @@ def previous_rows(path: str, label: str) -> dict[str, list[str]]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if section == "median_cut" and cells[0] == "N" and not rows["median_cut_header"]:
             rows["median_cut_header"] = [line, "|---" * len(cells) + "|"]
-        if section in ("summary", "stages") and len(cells) > 2 and cells[1] == "after":
+        if section in ("summary", "stages") and len(cells) > 2 and cells[1] in ("after", "paper_256"):
             rows[section].append("| " + " | ".join([cells[0], label, *cells[2:]]) + " |")
         elif section == "median_cut" and len(cells) >= 5 and cells[0].isdigit():
             rows[section].append("| " + " | ".join(cells) + " |")
@@ -172,12 +223,12 @@ def previous_rows(path: str, label: str) -> dict[str, list[str]]:
 
 
 def merged(new_rows: list[str], old_rows: list[str]) -> list[str]:
-    """Rows of one table per crop: this run's "before", the earlier commit's rows, this run's "after"."""
+    """Rows of one table per crop: this run's "before", the earlier commit's rows, this run's other setups."""
     out = []
     for crop in ("64", "256"):
         out += [r for r in new_rows if r.startswith(f"| {crop} | before |")]
         out += [r for r in old_rows if r.startswith(f"| {crop} |")]
-        out += [r for r in new_rows if r.startswith(f"| {crop} | after |")]
+        out += [r for r in new_rows if r.startswith(f"| {crop} |") and not r.startswith(f"| {crop} | before |")]
     return out
 
 
@@ -198,15 +249,18 @@ def main() -> None:
     sizes = [tuple(load_rgb(p).shape[1:]) for p in paths]
 
     mc_rows, mc_ratio = bench_median_cut(paths, args.repeats)
-    rows, summary, fills = [], [], {}
+    rows, summary, fills, patch_ms = [], [], {}, {}
     for crop in (64, 256):
         caches, fill_s, fill_n = filled_caches(paths, crop)
         fills[crop] = (fill_s, fill_n)
-        for setup in ("before", "after"):
+        for setup in SETUPS:
             per_mode = {}
             for mode, p_patch in (("palette", 0.0), ("patch", 1.0)):
-                r = bench(setup, paths, crop, p_patch, args.n, caches if setup == "after" else None)
+                setup_caches = {"before": None, "default": [{} for _ in paths], "paper_256": caches}[setup]
+                r = bench(setup, paths, crop, p_patch, args.n, setup_caches)
                 per_mode[mode] = r
+                if mode == "patch":
+                    patch_ms[(crop, setup)] = r["total"] * 1e3
                 slowest = max(ALL_STAGES, key=lambda s: r[s])
                 rows.append(f"| {crop} | {setup} | {mode} | {r['per_s']:.1f} | {r['total'] * 1e3:.1f} | "
                             + " | ".join(f"{r[s] * 1e3:.1f}" for s in (*ALL_STAGES, "other")) + f" | {slowest} |")
@@ -216,6 +270,25 @@ def main() -> None:
             summary.append(f"| {crop} | {setup} | {per_mode['palette']['per_s']:.1f} | "
                            f"{per_mode['patch']['per_s']:.1f} | {mixed:.1f} | {wall_mixed:.1f} |")
             print(summary[-1], flush=True)
+
+    reuse_rows = []
+    for crop in (64, 256):
+        authors = bench("authors", paths, crop, 1.0, max(args.n // 4, 2 * len(paths)), [{} for _ in paths])
+        per_crop = {"default": patch_ms[(crop, "default")], "authors": authors["total"] * 1e3}
+        reuse_rows.append(f"| {crop} | each crop segmented, at most 128 px (default config) | {per_crop['default']:.1f} | "
+                          f"{1e3 / per_crop['default']:.1f} | 1 (of the crop) | 1.00 | "
+                          f"{per_crop['default'] / per_crop['authors']:.2f} |")
+        reuse_rows.append(f"| {crop} | each crop segmented at full resolution (the authors') | "
+                          f"{per_crop['authors']:.1f} | {1e3 / per_crop['authors']:.1f} | 1 (of the crop) | "
+                          f"{per_crop['authors'] / per_crop['default']:.2f} | 1.00 |")
+        for uses in REUSES:
+            ms, segs = bench_reuse(paths, crop, uses, max(len(paths) * uses, 12 * len(paths)))
+            reuse_rows.append(f"| {crop} | paper_256, each image used {uses}x | {ms:.1f} | {1e3 / ms:.1f} | "
+                              f"{segs:.2f} | {ms / per_crop['default']:.2f} | {ms / per_crop['authors']:.2f} |")
+            print(reuse_rows[-1], flush=True)
+        warm = patch_ms[(crop, "paper_256")]
+        reuse_rows.append(f"| {crop} | paper_256, warm (every segmentation cached) | {warm:.1f} | {1e3 / warm:.1f} | "
+                          f"0 | {warm / per_crop['default']:.2f} | {warm / per_crop['authors']:.2f} |")
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
@@ -245,6 +318,20 @@ def main() -> None:
         "resolution): " + ", ".join(f"{crop}x{crop} crops: {sec:.1f} s per image ({cnt / len(paths):.0f} "
         f"segmentations)" for crop, (sec, cnt) in fills.items()) + ".",
         "",
+        "## Patch mode with paper_256's masks when each image is used only a few times",
+        "",
+        "A worker segments an image at a scale bucket the first time an example needs that bucket and segmenter. "
+        "Here every image's cache starts empty and is dropped after `uses` examples: what a worker pays when the "
+        "dataset does not fit `data.cache_max_gb` (images beyond it are never cached) or when it sees each image "
+        "only that often. Against it, segmenting each crop (the default data config at 128 px, or at full "
+        "resolution as the authors do) costs the same whatever the reuse; the last two columns are CPU time "
+        "relative to those.",
+        "",
+        "| crop | masks | CPU ms per example | examples/s | segmentations per example | vs default | "
+        "vs authors' |",
+        "|---|---|---|---|---|---|---|",
+        *reuse_rows,
+        "",
         "## Median cut alone, 256x256, CPU ms per call (mean over the photos' top-left crops)",
         "",
         "| N | training probability | numba (ours, default) | numpy (ours, fallback) | Pillow | ratio numba | "
@@ -260,9 +347,10 @@ def main() -> None:
         "",
         "## Data wait with 8 and 16 workers",
         "",
-        f"Not measured: this machine has {os.cpu_count()} cores, so 8 or 16 workers would share them and say nothing "
-        "about a GPU node. What one core makes is above; with W workers on W free cores a loader makes about W "
-        "times the 50/50-mix rate (workers share nothing but the sampler's keys).",
+        f"Not measured here: this machine has {os.cpu_count()} cores, so 8 or 16 workers would share them and say "
+        "nothing about a GPU node (experiments/bench_scale.py measures the data wait of a training step there). "
+        "What one core makes is above; with W workers on W free cores a loader makes about W times the 50/50-mix "
+        "rate (workers share nothing but the sampler's keys).",
         "",
     ]
     text = "\n".join(lines)

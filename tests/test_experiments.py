@@ -77,3 +77,23 @@ def test_transfer_texture_oracle_scores_the_photo_and_the_input(tiny_photos, cap
     shifts = [rows["photo + palette shift"][0]] + [rows[f"photo + palette shift, L {a:.0%} the photo's"][0]
                                                    for a in oracle.BLENDS]
     assert shifts == sorted(shifts) and shifts[0] < rows["the photo itself"][0]
+
+
+def test_bench_data_builds_each_setup_from_the_project_configs():
+    bench = _script("bench_data")
+    before, default = bench.maker_for("before", 32, 1.0), bench.maker_for("default", 32, 1.0)
+    authors, paper = bench.maker_for("authors", 32, 1.0), bench.maker_for("paper_256", 32, 1.0)
+    assert isinstance(before.quantizer, bench.PillowMedianCut) and before.segment_source == "crop"
+    assert type(default.quantizer) is not bench.PillowMedianCut
+    assert (default.segment_source, default.segment_max_side) == ("crop", 128)
+    assert (authors.segment_source, authors.segment_max_side) == ("crop", None)
+    assert paper.segment_source == "image" and paper.crop_size == 32 and paper.p_patch == 1.0
+
+
+def test_bench_data_reuse_counts_the_segmentations_a_cold_cache_pays(tiny_photos):
+    bench = _script("bench_data")
+    ms_cold, cold = bench.bench_reuse(tiny_photos, 16, 1, 6)
+    ms_reused, reused = bench.bench_reuse(tiny_photos, 16, 40, 120)
+    # p_superpixel 0.9: most cold patch examples segment once. 40 uses of an image need more segmentations than
+    # its (scale bucket, segmenter) pairs (at most 6 x 4 here), so later examples find theirs cached.
+    assert 0 < cold <= 1 and reused < cold and ms_cold > 0 and ms_reused > 0
