@@ -275,8 +275,8 @@ def main() -> None:
     for crop in (64, 256):
         authors = bench("authors", paths, crop, 1.0, max(args.n // 4, 2 * len(paths)), [{} for _ in paths])
         per_crop = {"default": patch_ms[(crop, "default")], "authors": authors["total"] * 1e3}
-        reuse_rows.append(f"| {crop} | each crop segmented, at most 128 px (default config) | {per_crop['default']:.1f} | "
-                          f"{1e3 / per_crop['default']:.1f} | 1 (of the crop) | 1.00 | "
+        reuse_rows.append(f"| {crop} | each crop segmented, at most 128 px (default config) | "
+                          f"{per_crop['default']:.1f} | {1e3 / per_crop['default']:.1f} | 1 (of the crop) | 1.00 | "
                           f"{per_crop['default'] / per_crop['authors']:.2f} |")
         reuse_rows.append(f"| {crop} | each crop segmented at full resolution (the authors') | "
                           f"{per_crop['authors']:.1f} | {1e3 / per_crop['authors']:.1f} | 1 (of the crop) | "
