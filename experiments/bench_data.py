@@ -41,6 +41,7 @@ from PIL import Image
 from dequant.color.median_cut import median_cut
 from dequant.color.quantize import Quantized, Quantizer
 from dequant.config import conf_dir
+from dequant.data.datamodule import _compact, _ImageSource
 from dequant.data.examples import STAGES, ExampleMaker
 from dequant.data.io import list_images, load_rgb
 from dequant.data.palette_sizes import WeightedPowerOfTwo
@@ -107,21 +108,30 @@ def fill_cache(maker: ExampleMaker, image: torch.Tensor, cache: dict) -> None:
             maker._labels(method, meta, source, cache)
 
 
+def cached_source(paths: list[Path]) -> _ImageSource:
+    """The data module's image source with every image in its cache (as a worker holds them: 8-bit photos kept as
+    uint8 and restored to float32 for each example)."""
+    source = _ImageSource(paths, cache=True, cache_max_gb=64.0, split="bench")
+    for j in range(len(paths)):
+        source.get(j)
+    return source
+
+
 def bench(setup: str, paths: list[Path], crop: int, p_patch: float, n: int,
           caches: list[dict] | None = None) -> dict[str, float]:
     """Mean seconds per example of each stage, plus total and examples/s (paper_256: with the warm `caches`)."""
     maker = maker_for(setup, crop, p_patch)
-    images = [load_rgb(p) for p in paths]
+    source = cached_source(paths)
     if caches is None:
         caches = [None] * len(paths)
-    maker(images[0], np.random.default_rng(12345), segment_cache=caches[0])  # first-call allocations
+    maker(source.get(0)[1], np.random.default_rng(12345), segment_cache=caches[0])  # first-call allocations
     maker.reset_timings()
     load = 0.0
     start, cpu_start = time.perf_counter(), time.process_time()
     for i in range(n):
         j = i % len(paths)
         t0 = time.perf_counter()
-        image = load_rgb(paths[j]) if setup == "before" else images[j]
+        image = load_rgb(paths[j]) if setup == "before" else source.get(j)[1]
         load += time.perf_counter() - t0
         maker(image, np.random.default_rng([0, i]), segment_cache=caches[j])
     wall = (time.perf_counter() - start) / n
@@ -134,10 +144,11 @@ def bench(setup: str, paths: list[Path], crop: int, p_patch: float, n: int,
     return {**stages, "total": total, "per_s": 1.0 / total, "wall_per_s": 1.0 / wall}
 
 
-def filled_caches(paths: list[Path], crop: int) -> tuple[list[dict], float, int]:
-    """Every image's full segmentation cache; mean seconds to fill one image's, and segmentations in all."""
+def filled_caches(paths: list[Path], crop: int) -> tuple[list[dict], float, int, float]:
+    """Every image's full segmentation cache; mean seconds to fill one image's, segmentations in all, and mean bytes
+    one image takes in a worker's cache (the photo as the data module keeps it, plus its label maps)."""
     maker = maker_for("paper_256", crop, 1.0)
-    caches, total = [], 0.0
+    caches, total, nbytes = [], 0.0, 0
     for p in paths:
         cache: dict = {}
         image = load_rgb(p)
@@ -145,7 +156,8 @@ def filled_caches(paths: list[Path], crop: int) -> tuple[list[dict], float, int]
         fill_cache(maker, image, cache)
         total += time.process_time() - start
         caches.append(cache)
-    return caches, total / len(paths), sum(len(c) for c in caches)
+        nbytes += _compact(image).nbytes + sum(a.nbytes for v in cache.values() if isinstance(v, tuple) for a in v)
+    return caches, total / len(paths), sum(len(c) for c in caches), nbytes / len(paths)
 
 
 def bench_reuse(paths: list[Path], crop: int, uses: int, n: int) -> tuple[float, float]:
@@ -153,7 +165,7 @@ def bench_reuse(paths: list[Path], crop: int, uses: int, n: int) -> tuple[float,
     cache starts empty and is dropped after `uses` examples (what a dataset too large for the cache, or an epoch
     that reaches each image rarely, costs). (CPU ms per example, segmentations per example)."""
     maker = maker_for("paper_256", crop, 1.0)
-    images = [load_rgb(p) for p in paths]
+    source = cached_source(paths)
     caches: list[dict] = [{} for _ in paths]
     made = [0] * len(paths)
     segmented = 0
@@ -163,7 +175,7 @@ def bench_reuse(paths: list[Path], crop: int, uses: int, n: int) -> tuple[float,
         if made[j] == uses:
             segmented += sum(1 for key in caches[j] if isinstance(key, tuple))
             caches[j], made[j] = {}, 0
-        maker(images[j], np.random.default_rng([1, i]), segment_cache=caches[j])
+        maker(source.get(j)[1], np.random.default_rng([1, i]), segment_cache=caches[j])
         made[j] += 1
     segmented += sum(1 for c in caches for key in c if isinstance(key, tuple))
     return (time.process_time() - cpu_start) / n * 1e3, segmented / n
@@ -251,8 +263,8 @@ def main() -> None:
     mc_rows, mc_ratio = bench_median_cut(paths, args.repeats)
     rows, summary, fills, patch_ms = [], [], {}, {}
     for crop in (64, 256):
-        caches, fill_s, fill_n = filled_caches(paths, crop)
-        fills[crop] = (fill_s, fill_n)
+        caches, fill_s, fill_n, fill_bytes = filled_caches(paths, crop)
+        fills[crop] = (fill_s, fill_n, fill_bytes)
         for setup in SETUPS:
             per_mode = {}
             for mode, p_patch in (("palette", 0.0), ("patch", 1.0)):
@@ -316,7 +328,8 @@ def main() -> None:
         "",
         "Filling the segmentation cache (once per image and worker; all scale buckets, all four segmenters, full "
         "resolution): " + ", ".join(f"{crop}x{crop} crops: {sec:.1f} s per image ({cnt / len(paths):.0f} "
-        f"segmentations)" for crop, (sec, cnt) in fills.items()) + ".",
+        f"segmentations; the image then takes {nb / 2**20:.1f} MB of the worker's cache, photo and label maps)"
+        for crop, (sec, cnt, nb) in fills.items()) + ".",
         "",
         "## Patch mode with paper_256's masks when each image is used only a few times",
         "",

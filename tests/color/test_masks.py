@@ -200,6 +200,22 @@ def test_cut_labels_keeps_segments_at_least_half_inside():
     assert np.unique(masks.cut_labels(labels, rows, np.arange(5, 7), areas)).tolist() == [0]
 
 
+@pytest.mark.parametrize("method", SEGMENTERS)
+def test_cut_labels_is_the_same_for_uint16_label_maps(method):
+    # The example maker caches label maps as uint16 (half the memory): every cut must come out as from int32.
+    image = np.asarray(Image.open(ASSETS / "chelsea.jpg").convert("RGB").resize((90, 60)), dtype=np.float64) / 255
+    labels = masks.segment_image(image, method, 24 * 24)
+    areas = np.bincount(labels.ravel()) * 1.3
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        top, left = int(rng.integers(0, 60 - 24)), int(rng.integers(0, 90 - 24))
+        rows, cols = np.arange(top, top + 24), np.arange(left, left + 24)[:: int(rng.choice([-1, 1]))]
+        for a in (areas, None):
+            wide = masks.cut_labels(labels, rows, cols, a)
+            narrow = masks.cut_labels(labels.astype(np.uint16), rows, cols, a)
+            assert np.array_equal(wide, narrow) and wide.dtype == narrow.dtype
+
+
 def test_segment_image_density_matches_region():
     rng = np.random.default_rng(0)
     image = np.clip(rng.normal(0.5, 0.2, size=(64, 64, 3)), 0, 1)

@@ -11,8 +11,9 @@ import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 
-from dequant.data.datamodule import DequantDataModule, EpochSampler
+from dequant.data.datamodule import DequantDataModule, EpochSampler, _ImageSource
 from dequant.data.examples import ExampleMaker
+from dequant.data.io import load_rgb
 from dequant.data.palette_sizes import FixedPaletteSize
 
 CROP = 16
@@ -279,8 +280,9 @@ def test_segment_cache_warm_or_cold_same_examples(folder):
 
 
 def test_segment_cache_stays_within_the_cache_budget(folder):
-    # Room for the decoded training images and a few segmentations: the rest is not kept, the examples are the same.
-    small = _cached_dm(str(folder), cache_max_gb=(5 * 24 * 30 * 3 * 4 + 24 * 30 * 4 + 1000) / 2**30)
+    # Room for the decoded training images (8-bit: kept as uint8) and a few segmentations: the rest is not kept,
+    # the examples are the same.
+    small = _cached_dm(str(folder), cache_max_gb=(5 * 24 * 30 * 3 + 24 * 30 * 4 + 1000) / 2**30)
     small.setup()
     big = _cached_dm(str(folder))
     big.setup()
@@ -290,3 +292,26 @@ def test_segment_cache_stays_within_the_cache_budget(folder):
     assert source._cached_bytes <= source.cache_max_bytes
     kept = sum(len(c) for c in source._segments.values())
     assert kept < sum(len(c) for c in big._train.source._segments.values())
+
+
+@pytest.mark.parametrize(("kind", "kept_as"), [("rgb8", np.uint8), ("gray8", np.uint8), ("rgb16", np.uint16),
+                                               ("rgba", torch.float32)])
+def test_image_cache_keeps_photos_compact_and_restores_them_bit_for_bit(tmp_path, kind, kept_as):
+    import cv2
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    path = tmp_path / f"{kind}.png"
+    if kind == "rgb16":  # OpenCV writes 16-bit PNGs (BGR order: irrelevant for random values)
+        cv2.imwrite(str(path), rng.integers(0, 65536, (20, 26, 3), dtype=np.uint16))
+    else:
+        mode, channels = {"rgb8": ("RGB", 3), "gray8": ("L", 1), "rgba": ("RGBA", 4)}[kind]
+        pixels = rng.integers(0, 256, (20, 26, channels), dtype=np.uint8)
+        Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode=mode).save(path)
+    source = _ImageSource([path], cache=True, cache_max_gb=1.0, split="train")
+    decoded = load_rgb(path)
+    first, again = source.get(0)[1], source.get(0)[1]  # decoded, then restored from the cache
+    assert torch.equal(first, decoded) and torch.equal(again, decoded) and again.dtype == torch.float32
+    kept = source._cached[0]
+    assert kept.dtype == kept_as  # an alpha-composited photo has no exact integer form: it stays float32
+    assert source._cached_bytes == kept.nbytes == decoded.nbytes * kept.itemsize // 4

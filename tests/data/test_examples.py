@@ -253,7 +253,8 @@ def test_image_segmentation_same_with_warm_cold_or_no_cache(photo, small_image):
             mask = cold["mask"]
             assert mask.any() and not mask.all()
     segments = {key: value for key, value in cache.items() if key != _CHECKED}
-    assert segments and all(labels.dtype == np.int32 for labels, _ in segments.values())
+    # Label maps are cached as uint16 (half of int32's memory; tests/color/test_masks.py cuts both alike).
+    assert segments and all(labels.dtype == np.uint16 for labels, _ in segments.values())
 
 
 def test_a_cached_image_is_range_checked_once(photo, monkeypatch):

@@ -311,6 +311,8 @@ class ExampleMaker:
         if entry is None:
             scaled = self._small(source) if meta["small"] else resize_array(source, *short_side_size(h, w, key[1]))
             labels = segment_image(np.ascontiguousarray(scaled.transpose(1, 2, 0)), method, s * s)
+            if labels.max() < 2**16:  # half the cache's memory; cut_labels gives the same segments for either type
+                labels = labels.astype(np.uint16)
             entry = cache[key] = (labels, np.bincount(labels.ravel()))
         labels, areas = entry
         hs, ws = meta["scaled_size"]
