@@ -283,11 +283,17 @@ def test_segment_cache_stays_within_the_cache_budget(folder):
     # Room for the decoded training images (8-bit: kept as uint8) and a few segmentations: the rest is not kept,
     # the examples are the same.
     small = _cached_dm(str(folder), cache_max_gb=(5 * 24 * 30 * 3 + 24 * 30 * 4 + 1000) / 2**30)
-    small.setup()
     big = _cached_dm(str(folder))
     big.setup()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small.setup()
+        small_batches = _epoch(small, 0)
+    # Said once per split and process, naming the knob.
+    full = [str(w.message) for w in caught if "train image cache is full" in str(w.message)]
+    assert len(full) == 1 and "data.cache_max_gb" in full[0]
     for key in ("hint", "target", "mask"):
-        assert torch.equal(_cat(_epoch(small, 0), key), _cat(_epoch(big, 0), key))
+        assert torch.equal(_cat(small_batches, key), _cat(_epoch(big, 0), key))
     source = small._train.source
     assert source._cached_bytes <= source.cache_max_bytes
     kept = sum(len(c) for c in source._segments.values())

@@ -97,6 +97,7 @@ class _SegmentCache(dict):
     def __setitem__(self, key: Any, value: Any) -> None:
         nbytes = sum(getattr(v, "nbytes", 0) for v in (value if isinstance(value, tuple) else (value,)))
         if self.source._cached_bytes + nbytes > self.source.cache_max_bytes:
+            self.source.note_full()
             return
         self.source._cached_bytes += nbytes
         super().__setitem__(key, value)
@@ -115,12 +116,23 @@ class _ImageSource:
         # What the example maker keeps with each cached image (its segment_cache), beside the decoded image.
         self._segments: dict[int, _SegmentCache] = {}
         self._bad: dict[int, str] = {}  # position -> why it cannot be loaded
+        self._full_noted = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Workers start with their own (empty) cache rather than a pickled copy of the main process's one.
         state = self.__dict__.copy()
-        state["_cached"], state["_cached_bytes"], state["_segments"] = {}, 0, {}
+        state["_cached"], state["_cached_bytes"], state["_segments"], state["_full_noted"] = {}, 0, {}, False
         return state
+
+    def note_full(self) -> None:
+        """Warn, once per process, that the cache refused something: it will be decoded or segmented again."""
+        if self._full_noted:
+            return
+        self._full_noted = True
+        warnings.warn(f"the {self.split} image cache is full ({self.cache_max_bytes / 2**30:.3g} GB, "
+                      f"{len(self._cached)} images kept): what does not fit is decoded, and with segment_source: "
+                      "image segmented, again for every example; data.cache_max_gb sets the budget of each "
+                      "worker process (docs/configuration.md)", stacklevel=2)
 
     def segments(self, i: int) -> _SegmentCache | None:
         """The segmentation cache of cached image i (None when the image is not cached: nothing is kept)."""
@@ -139,6 +151,8 @@ class _ImageSource:
             if self._cached_bytes + stored.nbytes <= self.cache_max_bytes:
                 self._cached[i] = stored
                 self._cached_bytes += stored.nbytes
+            else:
+                self.note_full()
         return image
 
     def get(self, i: int) -> tuple[int, Tensor]:
