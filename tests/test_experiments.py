@@ -95,5 +95,5 @@ def test_bench_data_reuse_counts_the_segmentations_a_cold_cache_pays(tiny_photos
     ms_cold, cold = bench.bench_reuse(tiny_photos, 16, 1, 6)
     ms_reused, reused = bench.bench_reuse(tiny_photos, 16, 40, 120)
     # p_superpixel 0.9: most cold patch examples segment once. 40 uses of an image need more segmentations than
-    # its (scale bucket, segmenter) pairs (at most 6 x 4 here), so later examples find theirs cached.
+    # its (scale bucket, segmenter) pairs (at most 7 x 4 here), so later examples find theirs cached.
     assert 0 < cold <= 1 and reused < cold and ms_cold > 0 and ms_reused > 0
