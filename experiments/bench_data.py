@@ -51,7 +51,6 @@ ASSETS = Path(__file__).resolve().parents[1] / "src" / "dequant" / "assets" / "i
 ALL_STAGES = ("load", *STAGES)
 SETUPS = ("before", "default", "paper_256")
 REUSES = (1, 4, 16, 64)
-TARGET_PER_S = 150  # examples/s per core at 256x256 for the 50/50 mix (the issue's goal)
 
 
 class PillowMedianCut(Quantizer):
