@@ -4,11 +4,12 @@ Run: `python experiments/bench_data.py [--n 40] [--images DIR] [--out experiment
 One process, torch and OpenCV limited to one thread (what one DataLoader worker gets). The example makers are the
 project's own data configs, composed by Hydra as train.py composes them, at each crop size:
 
-- before: the default data config with issue 10's changes undone where a config can undo them: Pillow's median cut
-  (`Image.quantize`) and the image decoded for every example (superpixels segmented on each crop downscaled to
-  128 px, as the default still does).
-- default: conf/data/default.yaml (our median cut, numba-compiled, identical output; superpixels segmented on each
-  crop downscaled to 128 px; the decoded image cached).
+- before: the default data config with issue 10's changes undone: Pillow's median cut (`Image.quantize`),
+  scikit-image's quickshift and Felzenszwalb (no config selects them: the bench swaps the compiled ones out for
+  these rows) and the image decoded for every example (superpixels segmented on each crop downscaled to 128 px, as the default still
+  does).
+- default: conf/data/default.yaml (our median cut, quickshift and Felzenszwalb, numba-compiled, identical output; superpixels
+  segmented on each crop downscaled to 128 px; the decoded image cached).
 - paper_256: that experiment's data config (superpixels cut out of the full-resolution segmentation of the whole
   source image, cached per image and scale bucket: `segment_source: image`, the authors' resolution), with every
   image's cache warm: a worker's steady state. Filling the cache is a one-time cost per image and worker, reported
@@ -28,6 +29,7 @@ measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import time
@@ -38,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dequant.color import masks
 from dequant.color.median_cut import median_cut
 from dequant.color.quantize import Quantized, Quantizer
 from dequant.config import conf_dir
@@ -62,6 +65,24 @@ class PillowMedianCut(Quantizer):
                                                      dither=Image.Dither.NONE)
         palette = np.asarray(q.getpalette("RGB"), dtype=np.float32).reshape(-1, 3) / 255.0
         return Quantized.from_assignment(torch.from_numpy(palette), torch.from_numpy(np.asarray(q, dtype=np.int64)))
+
+
+# The slots of masks.py's compiled segmenters (each gives scikit-image's labels)
+COMPILED_SEGMENTERS = (masks._QS_JIT, masks._FELZ_JIT)
+
+
+@contextlib.contextmanager
+def reference_segmenters(active: bool):
+    """While active, masks come from scikit-image's quickshift and Felzenszwalb, as before issue 10 (same labels)."""
+    saved = [list(slot) for slot in COMPILED_SEGMENTERS]
+    if active:
+        for slot in COMPILED_SEGMENTERS:
+            slot[:] = [None]
+    try:
+        yield
+    finally:
+        for slot, kept in zip(COMPILED_SEGMENTERS, saved):
+            slot[:] = kept
 
 
 def configured_maker(experiment: str | None, crop: int, p_patch: float, *overrides: str) -> ExampleMaker:
@@ -123,20 +144,21 @@ def bench(setup: str, paths: list[Path], crop: int, p_patch: float, n: int,
     source = cached_source(paths)
     if caches is None:
         caches = [None] * len(paths)
-    maker(source.get(0)[1], np.random.default_rng(12345), segment_cache=caches[0])  # first-call allocations
-    maker.reset_timings()
-    load = 0.0
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for i in range(n):
-        j = i % len(paths)
-        t0 = time.perf_counter()
-        image = load_rgb(paths[j]) if setup == "before" else source.get(j)[1]
-        load += time.perf_counter() - t0
-        maker(image, np.random.default_rng([0, i]), segment_cache=caches[j])
-    wall = (time.perf_counter() - start) / n
-    # The process's CPU time is what one core spends: on a shared machine wall time also counts the waits for a
-    # core. Stage times (wall clock) are scaled to it, keeping their shares.
-    total = (time.process_time() - cpu_start) / n
+    with reference_segmenters(setup == "before"):
+        maker(source.get(0)[1], np.random.default_rng(12345), segment_cache=caches[0])  # first-call allocations
+        maker.reset_timings()
+        load = 0.0
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for i in range(n):
+            j = i % len(paths)
+            t0 = time.perf_counter()
+            image = load_rgb(paths[j]) if setup == "before" else source.get(j)[1]
+            load += time.perf_counter() - t0
+            maker(image, np.random.default_rng([0, i]), segment_cache=caches[j])
+        wall = (time.perf_counter() - start) / n
+        # The process's CPU time is what one core spends: on a shared machine wall time also counts the waits for
+        # a core. Stage times (wall clock) are scaled to it, keeping their shares.
+        total = (time.process_time() - cpu_start) / n
     scale = total / wall
     stages = {"load": load / n * scale, **{k: v * scale for k, v in maker.timings().items()}}
     stages["other"] = max(total - sum(stages.values()), 0.0)
