@@ -5,11 +5,11 @@ One process, torch and OpenCV limited to one thread (what one DataLoader worker 
 project's own data configs, composed by Hydra as train.py composes them, at each crop size:
 
 - before: the default data config with issue 10's changes undone: Pillow's median cut (`Image.quantize`),
-  scikit-image's quickshift and Felzenszwalb (no config selects them: the bench swaps the compiled ones out for
-  these rows) and the image decoded for every example (superpixels segmented on each crop downscaled to 128 px, as the default still
-  does).
-- default: conf/data/default.yaml (our median cut, quickshift and Felzenszwalb, numba-compiled, identical output; superpixels
-  segmented on each crop downscaled to 128 px; the decoded image cached).
+  scikit-image's quickshift, Felzenszwalb and SLIC (no config selects them: the bench swaps the compiled ones out
+  for these rows) and the image decoded for every example (superpixels segmented on each crop downscaled to
+  128 px, as the default still does).
+- default: conf/data/default.yaml (our median cut, quickshift, Felzenszwalb and SLIC, numba-compiled, identical
+  output; superpixels segmented on each crop downscaled to 128 px; the decoded image cached).
 - paper_256: that experiment's data config (superpixels cut out of the full-resolution segmentation of the whole
   source image, cached per image and scale bucket: `segment_source: image`, the authors' resolution), with every
   image's cache warm: a worker's steady state. Filling the cache is a one-time cost per image and worker, reported
@@ -68,12 +68,13 @@ class PillowMedianCut(Quantizer):
 
 
 # The slots of masks.py's compiled segmenters (each gives scikit-image's labels)
-COMPILED_SEGMENTERS = (masks._QS_JIT, masks._FELZ_JIT)
+COMPILED_SEGMENTERS = (masks._QS_JIT, masks._FELZ_JIT, masks._SLIC_JIT)
 
 
 @contextlib.contextmanager
 def reference_segmenters(active: bool):
-    """While active, masks come from scikit-image's quickshift and Felzenszwalb, as before issue 10 (same labels)."""
+    """While active, masks come from scikit-image's quickshift, Felzenszwalb and SLIC, as before issue 10 (same
+    labels)."""
     saved = [list(slot) for slot in COMPILED_SEGMENTERS]
     if active:
         for slot in COMPILED_SEGMENTERS:

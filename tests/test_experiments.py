@@ -88,10 +88,11 @@ def test_bench_data_builds_each_setup_from_the_project_configs():
     assert (default.segment_source, default.segment_max_side) == ("crop", 128)
     assert (authors.segment_source, authors.segment_max_side) == ("crop", None)
     assert paper.segment_source == "image" and paper.crop_size == 32 and paper.p_patch == 1.0
-    # "before" rows segment with scikit-image's quickshift and Felzenszwalb; the compiled ones come back after them
+    # "before" rows segment with scikit-image's quickshift, Felzenszwalb and SLIC; the compiled ones come back after
     from dequant.color import masks
 
-    modules = {"_QS_JIT": "dequant.color._quickshift_jit", "_FELZ_JIT": "dequant.color._felzenszwalb_jit"}
+    modules = {"_QS_JIT": "dequant.color._quickshift_jit", "_FELZ_JIT": "dequant.color._felzenszwalb_jit",
+               "_SLIC_JIT": "dequant.color._slic_jit"}
     compiled = {slot: masks.optional_kernels(getattr(masks, slot), m) for slot, m in modules.items()}
     with bench.reference_segmenters(True):
         assert all(masks.optional_kernels(getattr(masks, slot), m) is None for slot, m in modules.items())

@@ -1,4 +1,4 @@
-"""The compiled quickshift and Felzenszwalb give scikit-image's labels: scikit-image stays the reference."""
+"""The compiled quickshift, Felzenszwalb and SLIC give scikit-image's labels: scikit-image stays the reference."""
 
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from dequant.color import masks
 pytest.importorskip("numba")
 from dequant.color import _felzenszwalb_jit as felz_jit  # noqa: E402
 from dequant.color import _quickshift_jit as jit  # noqa: E402
+from dequant.color import _slic_jit as slic_jit  # noqa: E402
 
 ASSETS = Path(dequant.__file__).parent / "assets"
 
@@ -25,6 +26,11 @@ def reference(image: np.ndarray) -> np.ndarray:
 def felz_reference(image: np.ndarray) -> np.ndarray:
     """scikit-image's Felzenszwalb with the authors' settings."""
     return segmentation.felzenszwalb(image, scale=100, sigma=0.5, min_size=50)
+
+
+def slic_reference(image: np.ndarray, n_segments: int = 250) -> np.ndarray:
+    """scikit-image's SLIC with the authors' settings."""
+    return segmentation.slic(image, n_segments=n_segments, compactness=10, sigma=1, start_label=0)
 
 
 def photos(size: int, step: int):
@@ -42,6 +48,9 @@ def test_labels_equal_scikit_image_on_photos(size, step):
     for name, image in photos(size, step):
         np.testing.assert_array_equal(masks._quickshift(image), reference(image), err_msg=name)
         np.testing.assert_array_equal(masks._felzenszwalb(image), felz_reference(image), err_msg=name)
+        np.testing.assert_array_equal(masks._slic(image), slic_reference(image), err_msg=name)
+        # fewer segments per image, as segment_image asks for when a crop is a fraction of it
+        np.testing.assert_array_equal(masks._slic(image, 0.3), slic_reference(image, 75), err_msg=name)
 
 
 def synthetic(rng: np.random.Generator):
@@ -76,6 +85,16 @@ def test_felzenszwalb_equals_scikit_image_on_synthetic_images_and_settings():
             np.testing.assert_array_equal(felz_jit.felzenszwalb(smoothed, scale, min_size), want)
 
 
+def test_slic_equals_scikit_image_on_synthetic_images_and_settings():
+    rng = np.random.default_rng(5)
+    for image in synthetic(rng):
+        np.testing.assert_array_equal(masks._slic(image), slic_reference(image))
+        for n_segments, compactness, sigma in [(1, 10, 1), (7, 0.1, 0), (100, 100, 2.5)]:
+            want = segmentation.slic(image, n_segments=n_segments, compactness=compactness, sigma=sigma,
+                                     start_label=0)
+            np.testing.assert_array_equal(slic_jit.slic(image, n_segments, compactness, sigma), want)
+
+
 def test_felzenszwalb_edge_costs_are_scikit_images_doubles():
     # The sort order, and so every merge, hangs on these being the same doubles as scikit-image's numpy expression.
     image = filters.gaussian(np.random.default_rng(4).random((23, 17, 3)), sigma=[0.5, 0.5, 0], channel_axis=-1)
@@ -101,3 +120,4 @@ def test_other_dtypes_take_scikit_images_path():
     image = np.random.default_rng(2).random((12, 10, 3)).astype(np.float32)
     np.testing.assert_array_equal(masks._quickshift(image), reference(image))
     np.testing.assert_array_equal(masks._felzenszwalb(image), felz_reference(image))
+    np.testing.assert_array_equal(masks._slic(image), slic_reference(image))
