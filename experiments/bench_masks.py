@@ -4,10 +4,15 @@ Usage: python experiments/bench_masks.py [--sizes 64 256] [--repeats 3] [--examp
 Each number is the median over the bundled photos (center-cropped and resized) of the best of `repeats` calls, in
 milliseconds per call for one (3, S, S) image.
 
+The segmenter calls are what `masks.py` runs: numba ports of scikit-image's quickshift, Felzenszwalb and SLIC (same
+labels) where numba imports, scikit-image's watershed.
+
 The second part compares the two sources of superpixel masks of ExampleMaker (`segment_source`): segmenting each
 crop at full resolution, and cutting the crop out of the cached full-resolution segmentation of the whole source
 image at the nearest scale bucket. Both see the same crops (same seeds) and grow masks with the same draws; the
-tables give the segment count per crop and the mask's pixel fraction (mean and histogram) for each segmenter.
+tables give the segment count per crop and the mask's pixel fraction (mean and histogram) for each segmenter, with
+the training's color augmentation (a crop segmented alone is segmented in its augmented colors, the cached photo in
+its own) and without it (what the cut itself changes).
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ def bench(sizes: list[int], repeats: int) -> str:
         for method in masks.SEGMENTERS:
             fn = masks._SEGMENT_FNS[method]
             fn(hwc[0])  # warm up numba-free C paths and imports
-            record(f"{method}: scikit-image call", size, [best_ms(lambda im=im: fn(im), repeats) for im in hwc])
+            record(f"{method}: segmenter call", size, [best_ms(lambda im=im: fn(im), repeats) for im in hwc])
             raws = [fn(im) for im in hwc]
             record(f"{method}: 4-connected relabel", size,
                    [best_ms(lambda r=r: masks._connected_segments(r), repeats) for r in raws])
@@ -108,10 +113,13 @@ def bench(sizes: list[int], repeats: int) -> str:
     return "\n".join(lines)
 
 
-def mask_statistics(size: int, n_examples: int) -> tuple[str, dict[str, float]]:
-    """Segment counts and mask fractions per crop, crop-segmented vs cut from the cached image segmentation."""
+def mask_statistics(size: int, n_examples: int, color_augment: bool = True) -> tuple[str, dict[str, float]]:
+    """Segment counts and mask fractions per crop, crop-segmented vs cut from the cached image segmentation, with
+    the default gray/saturation augmentation of the crops or none."""
     paths = sorted(ASSETS.glob("*.jpg"))
     maker = ExampleMaker(crop_size=size, segment_source="image")
+    if not color_augment:
+        maker.p_gray = maker.p_saturation = 0.0
     images = [load_rgb(p) for p in paths]
     caches: list[dict] = [{} for _ in paths]
     stats = {m: {"crop": ([], []), "image": ([], [])} for m in masks.SEGMENTERS}
@@ -132,7 +140,10 @@ def mask_statistics(size: int, n_examples: int) -> tuple[str, dict[str, float]]:
                 stats[m][name][0].append(int(labels.max()) + 1)
                 stats[m][name][1].append(float(grown.mean()))
     frac_bins = [0, 0.01, 0.02, 0.05, 0.1, 0.2, 1.0]
-    lines = [f"### {size}x{size} crops, {n_examples} crops of the {len(paths)} bundled photos, every segmenter",
+    augment = (f"gray p {maker.p_gray:g}, saturation p {maker.p_saturation:g}" if color_augment
+               else "no color augmentation")
+    lines = [f"### {size}x{size} crops, {n_examples} crops of the {len(paths)} bundled photos, every segmenter, "
+             f"{augment}",
              "", "| segmenter | segments: crop | segments: image | change | mask fraction: crop | image | change |",
              "|---|---|---|---|---|---|---|"]
     summary: dict[str, float] = {}
@@ -170,14 +181,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--examples", type=int, default=64, help="crops per size for the mask statistics")
+    parser.add_argument("--examples", type=int, default=96, help="crops per size for the mask statistics")
     args = parser.parse_args()
     torch.set_num_threads(1)
     table = bench(args.sizes, args.repeats)
     parts = ["", "## Masks cut from the cached image segmentation vs segmenting each crop", ""]
     for size in args.sizes:
-        text, _ = mask_statistics(size, args.examples)
-        parts += [text, ""]
+        for color_augment in (True, False):
+            text, _ = mask_statistics(size, args.examples, color_augment)
+            parts += [text, ""]
     table += "\n" + "\n".join(parts)
     info = (f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, one thread; "
             f"{len(list(ASSETS.glob('*.jpg')))} bundled photos, best of {args.repeats} calls, median over photos; "
