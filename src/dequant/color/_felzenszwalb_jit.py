@@ -3,10 +3,11 @@
 scikit-image builds the 8-connected grid graph with numpy, sorts the edges by color distance and merges along them
 with a union-find whose `find` never shortens a path: on photos its trees grow long, and the two passes over the
 edges take most of its time. Here the edge weights are the same doubles (same operations, same order; checked
-against scikit-image's numpy expression in tests/color/test_felzenszwalb.py), they are sorted by the same
+against scikit-image's numpy expression in tests/color/test_compiled_segmenters.py), they are sorted by the same
 `np.argsort`, and the merges are the same: a set's root is its smallest pixel index in both, so halving paths
-changes no decision, and segments are numbered by their roots as `np.unique` numbers them. Only `masks.py` imports
-this module, and only when numba is installed; there scikit-image's `felzenszwalb` is the fallback and the reference.
+(`_masks_jit._find`) changes no decision, and segments are numbered by their roots as `np.unique` numbers them.
+Only `masks.py` imports this module, and only when numba is installed; there scikit-image's `felzenszwalb` is the
+fallback and the reference.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# Edge directions in scikit-image's order (right, down, down-right, up-right): (row step, column step) from the
-# pixel whose index is the second of the edge's pair to the first, and the rows/columns the first one spans.
+from dequant.color._masks_jit import _find, _number_sets
+
+# The edge directions, in the order of scikit-image's edge list: right, down, down-right, up-right
 _RIGHT, _DOWN, _DOWN_RIGHT, _UP_RIGHT = 0, 1, 2, 3
 
 
@@ -67,15 +69,6 @@ def _edge_ends(e, h, w):  # pragma: no cover - compiled
     return r * w + c + 1, (r + 1) * w + c
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _root(forest, n):  # pragma: no cover - compiled
-    """Root of `n`, halving the path on the way (roots are the smallest index of their set, as in scikit-image)."""
-    while forest[n] != n:
-        forest[n] = forest[forest[n]]
-        n = forest[n]
-    return n
-
-
 @njit(cache=True, nogil=True)
 def _merge(order, costs, h, w, scale, min_size):  # pragma: no cover - compiled
     """Labels (H*W,) int64 from merging along the edges in `order` (ascending cost), then joining segments smaller
@@ -87,7 +80,7 @@ def _merge(order, costs, h, w, scale, min_size):  # pragma: no cover - compiled
     for k in range(order.size):
         e = order[k]
         p, q = _edge_ends(e, h, w)
-        a, b = _root(forest, p), _root(forest, q)
+        a, b = _find(forest, p), _find(forest, q)
         if a == b:
             continue
         # scikit-image keeps these two thresholds in float32
@@ -100,21 +93,12 @@ def _merge(order, costs, h, w, scale, min_size):  # pragma: no cover - compiled
             inner[root] = costs[e]
     for k in range(order.size):
         p, q = _edge_ends(order[k], h, w)
-        a, b = _root(forest, p), _root(forest, q)
+        a, b = _find(forest, p), _find(forest, q)
         if a != b and (size[a] < min_size or size[b] < min_size):
             root, child = min(a, b), max(a, b)
             forest[child] = root
             size[root] = size[a] + size[b]
-    labels = np.empty(n, dtype=np.int64)
-    count = 0
-    for i in range(n):
-        root = _root(forest, i)
-        if root == i:
-            labels[i] = count
-            count += 1
-        else:
-            labels[i] = labels[root]  # root < i: numbered already
-    return labels
+    return _number_sets(forest, n)[0]  # a root is its set's smallest index: met before the rest of its set
 
 
 def felzenszwalb(smoothed: np.ndarray, scale: float, min_size: int) -> np.ndarray:
