@@ -18,7 +18,7 @@ from dequant.color import _slic_jit as slic_jit  # noqa: E402
 ASSETS = Path(dequant.__file__).parent / "assets"
 
 
-def reference(image: np.ndarray) -> np.ndarray:
+def qs_reference(image: np.ndarray) -> np.ndarray:
     """scikit-image's quickshift with the authors' settings."""
     return segmentation.quickshift(image, kernel_size=3, max_dist=6, ratio=0.5)
 
@@ -34,8 +34,10 @@ def slic_reference(image: np.ndarray, n_segments: int = 250) -> np.ndarray:
 
 
 def photos(size: int, step: int):
-    """Every `step`-th bundled photo, its shorter side resized to `size`."""
-    paths = sorted((ASSETS / "images").glob("*.jpg")) + sorted((ASSETS / "train_photos").glob("*.jpg"))
+    """Every `step`-th bundled photo (the demo's, the training and the held-out ones), its shorter side resized to
+    `size`."""
+    paths = [p for folder in ("images", "train_photos", "heldout_photos") for p in sorted((ASSETS / folder).glob("*"))
+             if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
     for path in paths[::step]:
         img = Image.open(path).convert("RGB")
         scale = size / min(img.size)
@@ -46,7 +48,7 @@ def photos(size: int, step: int):
 @pytest.mark.parametrize(("size", "step"), [(24, 1), (48, 3), (96, 12)])
 def test_labels_equal_scikit_image_on_photos(size, step):
     for name, image in photos(size, step):
-        np.testing.assert_array_equal(masks._quickshift(image), reference(image), err_msg=name)
+        np.testing.assert_array_equal(masks._quickshift(image), qs_reference(image), err_msg=name)
         np.testing.assert_array_equal(masks._felzenszwalb(image), felz_reference(image), err_msg=name)
         np.testing.assert_array_equal(masks._slic(image), slic_reference(image), err_msg=name)
         # fewer segments per image, as segment_image asks for when a crop is a fraction of it
@@ -67,7 +69,7 @@ def synthetic(rng: np.random.Generator):
 def test_labels_equal_scikit_image_on_synthetic_images_and_settings():
     rng = np.random.default_rng(0)
     for image in synthetic(rng):
-        np.testing.assert_array_equal(masks._quickshift(image), reference(image))
+        np.testing.assert_array_equal(masks._quickshift(image), qs_reference(image))
         for kernel_size, max_dist, ratio, seed in [(1, 3, 1.0, 0), (2.5, 10, 0.3, 7), (5, 1e9, 2.0, 42)]:
             # convert2lab=False: the kernel then sees the image times ratio, exactly as scikit-image's does
             want = segmentation.quickshift(image, ratio=ratio, kernel_size=kernel_size, max_dist=max_dist,
@@ -118,6 +120,6 @@ def test_exp_is_within_an_ulp_of_libm():
 
 def test_other_dtypes_take_scikit_images_path():
     image = np.random.default_rng(2).random((12, 10, 3)).astype(np.float32)
-    np.testing.assert_array_equal(masks._quickshift(image), reference(image))
+    np.testing.assert_array_equal(masks._quickshift(image), qs_reference(image))
     np.testing.assert_array_equal(masks._felzenszwalb(image), felz_reference(image))
     np.testing.assert_array_equal(masks._slic(image), slic_reference(image))

@@ -11,8 +11,6 @@ which `masks.py` falls back on where numba does not import.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 from skimage import color as skcolor
