@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import numbers
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 import cv2
 import numpy as np
@@ -43,6 +44,14 @@ def _watershed(image: np.ndarray, area_ratio: float = 1.0) -> np.ndarray:
     return segmentation.watershed(filters.sobel(skcolor.rgb2gray(image)), markers=markers, compactness=0.001)
 
 
+def _port(slot: list, module: str, image: np.ndarray) -> ModuleType | None:
+    """The compiled port of a scikit-image segmenter for `image`, or None (numba does not import, or `image` is not
+    the (H, W, 3) float64 array every caller here passes): then scikit-image's own runs."""
+    if not (isinstance(image, np.ndarray) and image.dtype == np.float64 and image.ndim == 3 and image.shape[2] == 3):
+        return None
+    return optional_kernels(slot, module)
+
+
 _SLIC = {"compactness": 10, "sigma": 1}  # the authors' SLIC settings, beside the segment count
 _SLIC_JIT: list = []  # [the compiled SLIC `_slic_jit`, or None when numba does not import]
 
@@ -50,8 +59,8 @@ _SLIC_JIT: list = []  # [the compiled SLIC `_slic_jit`, or None when numba does 
 def _slic(image: np.ndarray, area_ratio: float = 1.0) -> np.ndarray:
     n_segments = max(1, round(_PER_IMAGE_SEGMENTS * area_ratio))
     # scikit-image's labels, about 2x faster at 128 px (its k-means loop does not vectorise)
-    jit = optional_kernels(_SLIC_JIT, "dequant.color._slic_jit")
-    if jit is None or image.dtype != np.float64 or image.ndim != 3 or image.shape[2] != 3:
+    jit = _port(_SLIC_JIT, "dequant.color._slic_jit", image)
+    if jit is None:
         return segmentation.slic(image, n_segments=n_segments, **_SLIC, start_label=0)
     return jit.slic(image, n_segments, **_SLIC)
 
@@ -63,10 +72,9 @@ _QS_JIT: list = []  # [the compiled quickshift `_quickshift_jit`, or None when n
 
 
 def _quickshift(image: np.ndarray, area_ratio: float = 1.0) -> np.ndarray:
-    # The compiled quickshift gives scikit-image's labels about 6x faster (it was three quarters of the per-crop mask
-    # cost); it works in float64, the dtype every caller here passes, and anything else takes scikit-image's path.
-    jit = optional_kernels(_QS_JIT, "dequant.color._quickshift_jit")
-    if jit is None or image.dtype != np.float64 or image.ndim != 3 or image.shape[2] != 3:
+    # scikit-image's labels, about 6x faster (it was three quarters of the per-crop mask cost)
+    jit = _port(_QS_JIT, "dequant.color._quickshift_jit", image)
+    if jit is None:
         return segmentation.quickshift(image, **_QUICKSHIFT)
     features = skcolor.rgb2lab(image) * _QUICKSHIFT["ratio"]
     return jit.quickshift(features, _QUICKSHIFT["kernel_size"], _QUICKSHIFT["max_dist"], _QUICKSHIFT_SEED)
@@ -80,8 +88,8 @@ _FELZ_JIT: list = []  # [the compiled Felzenszwalb `_felzenszwalb_jit`, or None 
 def _felzenszwalb(image: np.ndarray, area_ratio: float = 1.0) -> np.ndarray:
     # scikit-image's labels, about 3x faster: its union-find never shortens a path, and the two passes over the
     # edges take most of its time.
-    jit = optional_kernels(_FELZ_JIT, "dequant.color._felzenszwalb_jit")
-    if jit is None or image.dtype != np.float64 or image.ndim != 3 or image.shape[2] != 3:
+    jit = _port(_FELZ_JIT, "dequant.color._felzenszwalb_jit", image)
+    if jit is None:
         return segmentation.felzenszwalb(image, **_FELZENSZWALB)
     sigma = _FELZENSZWALB["sigma"]
     smoothed = filters.gaussian(image, sigma=[sigma, sigma, 0], mode="reflect", channel_axis=-1)
