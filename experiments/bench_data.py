@@ -44,11 +44,11 @@ from dequant.color import masks
 from dequant.color.median_cut import median_cut
 from dequant.color.quantize import Quantized, Quantizer
 from dequant.config import conf_dir
-from dequant.data.datamodule import _compact, _ImageSource
+from dequant.data.catalog import PathList
+from dequant.data.datamodule import FolderCatalog, _compact, _ImageSource
 from dequant.data.examples import STAGES, ExampleMaker
 from dequant.data.io import list_images, load_rgb
 from dequant.data.palette_sizes import WeightedPowerOfTwo
-from dequant.data.resize import short_side_size
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "dequant" / "assets" / "images"
 ALL_STAGES = ("load", *STAGES)
@@ -117,22 +117,17 @@ def maker_for(setup: str, crop: int, p_patch: float) -> ExampleMaker:
 def fill_cache(maker: ExampleMaker, image: torch.Tensor, cache: dict) -> None:
     """Segment one source at every scale bucket with every segmenter (what a worker's cache converges to)."""
     source = maker._fit(image.numpy())
-    h, w = source.shape[1:]
-    s = maker.crop_size
-    if min(h, w) < s:
+    if min(source.shape[1:]) < maker.crop_size:
         return
-    buckets = sorted({maker.bucket(short, min(h, w)) for short in range(s, min(h, w) + 1)})
-    for b in buckets:
-        meta = {"small": False, "short_side": b, "scaled_size": short_side_size(h, w, b), "crop": (0, 0),
-                "flip": False}
-        for method in maker.segmenters:
-            maker._labels(method, meta, source, cache)
+    for key in maker.segment_keys(*image.shape[1:]):
+        cache[key] = maker.segmentation(source, key)
 
 
 def cached_source(paths: list[Path]) -> _ImageSource:
     """The data module's image source with every image in its cache (as a worker holds them: 8-bit photos kept as
     uint8 and restored to float32 for each example)."""
-    source = _ImageSource(paths, cache=True, cache_max_gb=64.0, split="bench")
+    catalog = FolderCatalog(PathList.from_strings([str(p) for p in paths]))
+    source = _ImageSource(catalog, np.arange(len(paths)), cache=True, cache_max_gb=64.0, split="bench")
     for j in range(len(paths)):
         source.get(j)
     return source
@@ -275,7 +270,16 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_data.md"))
     parser.add_argument("--previous", default=None, help="results file of an earlier commit (its 'after' rows)")
     parser.add_argument("--previous-label", default="previous", help="setup name of those rows")
-    args = parser.parse_args()
+    parser.add_argument("--unique", action="store_true",
+                        help="every example from a photo not decoded before (experiments/bench_unique.py)")
+    args, rest = parser.parse_known_args()
+    if args.unique:
+        import bench_unique
+
+        bench_unique.main(["--unique", *rest] + ([] if args.out.endswith("bench_data.md") else ["--out", args.out]))
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     prev = previous_rows(args.previous, args.previous_label) if args.previous else None
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

@@ -133,7 +133,7 @@ def mask_statistics(size: int, n_examples: int, color_augment: bool = True) -> t
             crop_labels = masks._segment_np(rgb, m)
             seconds["crop"] += time.perf_counter() - start
             start = time.perf_counter()
-            image_labels = maker._labels(m, meta, source, caches[i])
+            image_labels = maker._labels(m, meta, np.asarray(target), source, caches[i])
             seconds["image"] += time.perf_counter() - start
             for name, labels in (("crop", crop_labels), ("image", image_labels)):
                 grown = masks._grow_region(labels, np.random.default_rng([8, k]), maker.mask_frac)

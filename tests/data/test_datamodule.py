@@ -11,7 +11,8 @@ import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 
-from dequant.data.datamodule import DequantDataModule, EpochSampler, _ImageSource
+from dequant.data.catalog import PathList
+from dequant.data.datamodule import DequantDataModule, EpochSampler, FolderCatalog, _ImageSource
 from dequant.data.examples import ExampleMaker
 from dequant.data.io import load_rgb
 from dequant.data.palette_sizes import FixedPaletteSize
@@ -240,10 +241,11 @@ def test_lightning_trainer_sets_the_epoch(folder):
     assert torch.equal(epochs[1], _cat(_epoch(dm_ref, 1), "target"))
 
 
-def _cached_dm(paths, **kwargs) -> DequantDataModule:
+def _cached_dm(paths, segment_source="image", **kwargs) -> DequantDataModule:
     """Patch-mode examples whose superpixels come from the cached segmentation of the whole source image."""
     example = ExampleMaker(crop_size=CROP, palette_sizes=FixedPaletteSize(4), p_patch=1.0, p_superpixel=1.0,
-                           segmenters=("slic", "felzenszwalb"), segment_source="image", segment_max_side=None)
+                           segmenters=("slic", "felzenszwalb"), segment_source=segment_source,
+                           segment_max_side=None)
     kwargs = {"batch_size": 4, "num_workers": 0, "n_val": 2, "n_test": 1, **kwargs}
     return DequantDataModule(paths, example, **kwargs)
 
@@ -271,12 +273,28 @@ def test_segment_cache_warm_or_cold_same_examples(folder):
     warm = _cached_dm(str(folder))
     warm.setup()
     _epoch(warm, 0)
-    cold = _cached_dm(str(folder), cache_images=False)  # no image cache: nothing is kept, every mask segments
+    cold = _cached_dm(str(folder))  # its segmentations are made during the epoch compared
     cold.setup()
-    assert not cold._train.source._segments
+    assert not any(len(c) for c in cold._train.source._segments.values())
     for key in ("hint", "target", "mask"):
         assert torch.equal(_cat(_epoch(warm, 2), key), _cat(_epoch(cold, 2), key))
-    assert not cold._train.source._segments
+    assert any(len(c) for c in cold._train.source._segments.values())
+
+
+def test_segment_source_image_segments_the_crop_of_photos_not_kept(folder):
+    # A photo nothing keeps (here: no image cache) is segmented on its crop, as segment_source=crop does (issue 26:
+    # segmenting the whole photo for one example costs several crops' worth).
+    uncached = _cached_dm(str(folder), cache_images=False)
+    crop = _cached_dm(str(folder), segment_source="crop", cache_images=False)
+    cached = _cached_dm(str(folder))
+    for dm in (uncached, crop, cached):
+        dm.setup()
+    batches = _epoch(uncached, 1)
+    assert not uncached._train.source._segments
+    for key in ("hint", "target"):
+        assert torch.equal(_cat(batches, key), _cat(_epoch(crop, 1), key))
+    assert torch.equal(_cat(batches, "mask"), _cat(_epoch(crop, 1), "mask"))
+    assert not torch.equal(_cat(batches, "mask"), _cat(_epoch(cached, 1), "mask"))
 
 
 def test_segment_cache_stays_within_the_cache_budget(folder):
@@ -314,7 +332,8 @@ def test_image_cache_keeps_photos_compact_and_restores_them_bit_for_bit(tmp_path
         mode, channels = {"rgb8": ("RGB", 3), "gray8": ("L", 1), "rgba": ("RGBA", 4)}[kind]
         pixels = rng.integers(0, 256, (20, 26, channels), dtype=np.uint8)
         Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode=mode).save(path)
-    source = _ImageSource([path], cache=True, cache_max_gb=1.0, split="train")
+    source = _ImageSource(FolderCatalog(PathList.from_strings([str(path)])), np.zeros(1, np.int64), cache=True,
+                          cache_max_gb=1.0, split="train")
     decoded = load_rgb(path)
     first, again = source.get(0)[1], source.get(0)[1]  # decoded, then restored from the cache
     assert torch.equal(first, decoded) and torch.equal(again, decoded) and again.dtype == torch.float32

@@ -238,20 +238,29 @@ def test_argument_validation(photo):
 
 
 @pytest.mark.parametrize("small_image", ["upscale", "pad"])
-def test_image_segmentation_same_with_warm_cold_or_no_cache(photo, small_image):
-    maker = _maker(p_patch=1.0, p_superpixel=1.0, segment_source="image", segment_max_side=None,
-                   small_image=small_image, segmenters=("felzenszwalb", "slic", "watershed"))
+def test_image_segmentation_same_with_warm_or_cold_cache(photo, small_image):
+    settings = dict(p_patch=1.0, p_superpixel=1.0, segment_max_side=None, small_image=small_image,
+                    segmenters=("felzenszwalb", "slic", "watershed"))
+    maker = _maker(segment_source="image", **settings)
+    crop_maker = _maker(segment_source="crop", **settings)
     cache: dict = {}
     tiny = photo[:, :20, :28].contiguous()  # smaller than the crop: the upscale / pad path
+    differs = 0
     for seed in range(6):
         for image in (photo, tiny):
-            cold = maker(image, np.random.default_rng(seed))
+            cold = maker(image, np.random.default_rng(seed), segment_cache={})
             filled = maker(image, np.random.default_rng(seed), segment_cache=cache)
             warm = maker(image, np.random.default_rng(seed), segment_cache=cache)
             for key in ("hint", "target", "mask"):
                 assert torch.equal(cold[key], filled[key]) and torch.equal(cold[key], warm[key])
             mask = cold["mask"]
             assert mask.any() and not mask.all()
+            # No cache (a photo nothing keeps): its crop is segmented, as segment_source=crop does.
+            uncached, cropped = maker(image, np.random.default_rng(seed)), crop_maker(image, np.random.default_rng(seed))
+            for key in ("hint", "target", "mask"):
+                assert torch.equal(uncached[key], cropped[key])
+            differs += not torch.equal(uncached["mask"], mask)
+    assert differs >= 6
     segments = {key: value for key, value in cache.items() if key != _CHECKED}
     # Label maps are cached as uint16 (half of int32's memory; tests/color/test_masks.py cuts both alike).
     assert segments and all(labels.dtype == np.uint16 for labels, _ in segments.values())
@@ -293,11 +302,13 @@ def test_image_segmentation_mask_follows_crop_and_flip(photo):
     # The mask's labels are cut from the source's segmentation at the crop's place: the same crop flipped gives
     # the mirrored labels.
     maker = _maker(segment_source="image")
-    meta = {"small": False, "short_side": 45, "scaled_size": (45, 68), "crop": (5, 20), "flip": False}
     source = photo.numpy()
+    meta = {"small": False, "short_side": 45, "scaled_size": (45, 68), "crop": (5, 20), "flip": False,
+            "source_size": source.shape[1:]}
     cache: dict = {}
-    plain = maker._labels("slic", meta, source, cache)
-    flipped = maker._labels("slic", {**meta, "flip": True}, source, cache)
+    rgb = np.zeros((3, 32, 32), np.float32)  # the crop: only segmented when the source is missing
+    plain = maker._labels("slic", meta, rgb, source, cache)
+    flipped = maker._labels("slic", {**meta, "flip": True}, rgb, source, cache)
     assert plain.shape == (32, 32) and len(cache) == 1
     # Same partition mirrored (numbering may differ).
     a, b = plain[:, ::-1].ravel(), flipped.ravel()
@@ -353,7 +364,7 @@ def _reference_example(maker: ExampleMaker, image: torch.Tensor, rng: np.random.
         index = None if superpixel else maker.quantizer(target, n_colors, seed=q_seed).index
         labels = None
         if maker.segment_source == "image":
-            labels = lambda method: maker._labels(method, meta, source, cache)  # noqa: E731
+            labels = lambda method: maker._labels(method, meta, chw, source, cache)  # noqa: E731
         mask = patch_mask(target, index, rng, p_superpixel=1.0 if superpixel else 0.0, segmenters=maker.segmenters,
                           frac_range=maker.mask_frac, segment_max_side=maker.segment_max_side, labels=labels)
         fill = torch.from_numpy(rng.random(3).astype(np.float32)) if eval_mode else None

@@ -255,6 +255,12 @@ def segment(image: Tensor, method: str, max_side: int | None = None) -> Tensor:
     return torch.from_numpy(_segment_np(_to_hwc(image), method, max_side))
 
 
+def segment_array(chw: np.ndarray, method: str, max_side: int | None = None) -> np.ndarray:
+    """`segment` of a `(3, H, W)` float array in [0, 1] that the caller made (not validated): int64 labels."""
+    # The (H, W, 3) float64 view that _to_hwc gives, so the segmenters see the same array.
+    return _segment_np(np.asarray(chw, dtype=np.float64).transpose(1, 2, 0), method, max_side)
+
+
 def segment_image(rgb: np.ndarray, method: str, region_area: int) -> np.ndarray:
     """4-connected segment labels `(H, W)` int32 of a whole `(H, W, 3)` float image in [0, 1], at the density that
     segmenting one region of `region_area` pixels would have (SLIC and watershed counts scaled by the area ratio)."""
@@ -420,8 +426,7 @@ def patch_mask_array(
     if idx is None or rng.random() < p_superpixel:
         method = segmenters[int(rng.integers(len(segmenters)))]
         if labels is None:
-            # The (H, W, 3) float64 view that _to_hwc gives, so the segmenters see the same array.
-            segments = _segment_np(np.asarray(chw, dtype=np.float64).transpose(1, 2, 0), method, segment_max_side)
+            segments = segment_array(chw, method, segment_max_side)
         else:
             segments = np.asarray(labels(method))
             if segments.shape != (h, w):

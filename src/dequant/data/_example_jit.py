@@ -184,3 +184,149 @@ def patch_hint(rgb, mask, fill, keep, neutral, out):  # pragma: no cover - compi
             m = mask[y, x]
             out[5, y, x] = inside_ind if m else one
             out[6, y, x] = inside_tex if m else one
+
+
+@njit(cache=True, nogil=True)
+def _cubic_taps(dst0, count, scale, size, index, weight):  # pragma: no cover - compiled
+    """OpenCV's bicubic taps (A = -0.75) of `count` output positions from `dst0` on, for a resize whose source /
+    destination ratio is `scale` along an axis of `size` source pixels: source indices (clamped to the image, as
+    cv2.resize replicates the border) and float32 weights, as cv2.resize computes them."""
+    a = np.float32(-0.75)
+    one = np.float32(1.0)
+    for i in range(count):
+        fx = np.float32((dst0 + i + 0.5) * scale - 0.5)
+        sx = np.int64(np.floor(fx))
+        f = fx - np.float32(sx)
+        x1 = f + one
+        g = one - f
+        w0 = ((a * x1 - np.float32(5.0) * a) * x1 + np.float32(8.0) * a) * x1 - np.float32(4.0) * a
+        w1 = ((a + np.float32(2.0)) * f - (a + np.float32(3.0))) * f * f + one
+        w2 = ((a + np.float32(2.0)) * g - (a + np.float32(3.0))) * g * g + one
+        weight[i, 0] = w0
+        weight[i, 1] = w1
+        weight[i, 2] = w2
+        weight[i, 3] = one - w0 - w1 - w2
+        for k in range(4):
+            j = sx - 1 + k
+            index[i, k] = 0 if j < 0 else (size - 1 if j >= size else j)
+
+
+@njit(cache=True, nogil=True)
+def scaled_crop(src, scale_y, scale_x, top, left, size, flip):  # pragma: no cover - compiled
+    """The `size` x `size` crop at (`top`, `left`) of an `(H, W, 3)` uint8 image (values / 255) resized bicubically
+    by source/destination ratios `scale_y`, `scale_x`, as `(3, size, size)` float32 clipped to [0, 1], columns
+    reversed if `flip`: what cv2.resize (INTER_CUBIC) of the whole image followed by `crop_clip` gives, computed for
+    the crop's pixels only."""
+    h, w = src.shape[0], src.shape[1]
+    ys = np.empty((size, 4), dtype=np.int64)
+    wy = np.empty((size, 4), dtype=np.float32)
+    xs = np.empty((size, 4), dtype=np.int64)
+    wx = np.empty((size, 4), dtype=np.float32)
+    _cubic_taps(top, size, scale_y, h, ys, wy)
+    _cubic_taps(left, size, scale_x, w, xs, wx)
+    r0 = ys[0, 0]
+    r1 = ys[size - 1, 3] + 1
+    # v / 255 in float32 for every 8-bit value: the values load_rgb gives.
+    lut = np.empty(256, dtype=np.float32)
+    for v in range(256):
+        lut[v] = np.float32(v) / np.float32(255.0)
+    # Horizontal pass over the source rows the crop reads (OpenCV's order: rows first, then columns).
+    rows = np.empty((3, r1 - r0, size), dtype=np.float32)
+    for r in range(r0, r1):
+        line = src[r]
+        for i in range(size):
+            i0, i1, i2, i3 = xs[i, 0], xs[i, 1], xs[i, 2], xs[i, 3]
+            c0, c1, c2, c3 = wx[i, 0], wx[i, 1], wx[i, 2], wx[i, 3]
+            for c in range(3):
+                acc = lut[line[i0, c]] * c0
+                acc = acc + lut[line[i1, c]] * c1
+                acc = acc + lut[line[i2, c]] * c2
+                acc = acc + lut[line[i3, c]] * c3
+                rows[c, r - r0, i] = acc
+    out = np.empty((3, size, size), dtype=np.float32)
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for c in range(3):
+        for y in range(size):
+            a0, a1, a2, a3 = ys[y, 0] - r0, ys[y, 1] - r0, ys[y, 2] - r0, ys[y, 3] - r0
+            b0, b1, b2, b3 = wy[y, 0], wy[y, 1], wy[y, 2], wy[y, 3]
+            for x in range(size):
+                v = b0 * rows[c, a0, x] + b1 * rows[c, a1, x] + b2 * rows[c, a2, x] + b3 * rows[c, a3, x]
+                v = zero if v < zero else v
+                v = one if v > one else v
+                out[c, y, size - 1 - x if flip else x] = v
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _area_taps(dst0, count, scale, size):  # pragma: no cover - compiled
+    """OpenCV's INTER_AREA taps of `count` output positions from `dst0` on, for a shrink by `scale` (source /
+    destination >= 1) along an axis of `size` source pixels: (first tap of each output, source index and float32
+    weight of every tap), as cv2.resize's computeResizeAreaTab makes them."""
+    starts = np.empty(count + 1, dtype=np.int64)
+    index = np.empty(count * (int(np.ceil(scale)) + 2), dtype=np.int64)
+    weight = np.empty(index.size, dtype=np.float32)
+    k = 0
+    for i in range(count):
+        starts[i] = k
+        fsx1 = (dst0 + i) * scale
+        fsx2 = fsx1 + scale
+        cell = min(scale, size - fsx1)
+        sx1, sx2 = int(np.ceil(fsx1)), int(np.floor(fsx2))
+        sx2 = min(sx2, size - 1)
+        sx1 = min(sx1, sx2)
+        if sx1 - fsx1 > 1e-3:
+            index[k], weight[k] = sx1 - 1, np.float32((sx1 - fsx1) / cell)
+            k += 1
+        for sx in range(sx1, sx2):
+            index[k], weight[k] = sx, np.float32(1.0 / cell)
+            k += 1
+        if fsx2 - sx2 > 1e-3:
+            index[k], weight[k] = sx2, np.float32(min(min(fsx2 - sx2, 1.0), cell) / cell)
+            k += 1
+    starts[count] = k
+    return starts, index, weight
+
+
+@njit(cache=True, nogil=True)
+def area_crop(src, scale_y, scale_x, top, left, size, flip):  # pragma: no cover - compiled
+    """`scaled_crop` for a shrink (`scale_y`, `scale_x` >= 1): the crop of cv2.resize with INTER_AREA (each output
+    pixel the area-weighted mean of the source pixels under it), computed for the crop's pixels only."""
+    h, w = src.shape[0], src.shape[1]
+    ys, yi, yw = _area_taps(top, size, scale_y, h)
+    xs, xi, xw = _area_taps(left, size, scale_x, w)
+    lut = np.empty(256, dtype=np.float32)
+    for v in range(256):
+        lut[v] = np.float32(v) / np.float32(255.0)
+    # Horizontal pass over the source rows the crop reads, once each (neighbouring outputs share rows).
+    r0, r1 = yi[0], yi[ys[size] - 1] + 1
+    rows = np.empty((r1 - r0, 3, size), dtype=np.float32)
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for r in range(r0, r1):
+        line = src[r]
+        for x in range(size):
+            a0 = a1 = a2 = zero
+            for u in range(xs[x], xs[x + 1]):
+                wt = xw[u]
+                px = line[xi[u]]
+                a0 += lut[px[0]] * wt
+                a1 += lut[px[1]] * wt
+                a2 += lut[px[2]] * wt
+            rows[r - r0, 0, x] = a0
+            rows[r - r0, 1, x] = a1
+            rows[r - r0, 2, x] = a2
+    out = np.zeros((3, size, size), dtype=np.float32)
+    for y in range(size):
+        for t in range(ys[y], ys[y + 1]):
+            beta = yw[t]
+            hr = rows[yi[t] - r0]
+            for c in range(3):
+                for x in range(size):
+                    out[c, y, x] += beta * hr[c, x]
+    final = np.empty((3, size, size), dtype=np.float32)
+    for c in range(3):
+        for y in range(size):
+            for x in range(size):
+                v = out[c, y, x]
+                v = zero if v < zero else v
+                final[c, y, size - 1 - x if flip else x] = one if v > one else v
+    return final

@@ -11,21 +11,35 @@ Validation example j of validation image i uses `default_rng([split_seed, 1, i, 
 mean: the same crops, palettes and masks every time. Validation examples are made once, at setup, and kept in
 memory; test examples are made on demand (also deterministic).
 
-Bad files. `load_rgb` failures are warned about once per file and process (the message names the file) and the
-next image of the same split is used instead; a split whose every image fails is a ValueError. Setup loads
-training images until one succeeds, so an all-bad training set fails before training starts.
+Photos. A catalog (`FolderCatalog`: files listed once into a `PathList`, saved in the run folder as
+`listing_file` and read back on resume; `dequant.data.shards.ShardCatalog`: shards from `dequant-prepare`) names
+every photo and opens photo p. The split (`split`: `hash` by default, `shuffle` the authors') is a set of position
+arrays into the catalog (dequant.data.catalog). Every per-photo table a worker holds is a numpy array, so forked
+workers share them instead of copying them page by page.
 
-Batches are dicts of tensors: hint (B,7,S,S), target (B,3,S,S), mask (B,S,S) bool, image_id (B,) int64 (index of
-the file in the sorted list of all images), n_colors (B,) int64, patch (B,) bool, keep_texture (B,) bool.
+Decoding. A photo in the image cache is decoded once; any other JPEG reaches the example maker undecoded
+(`EncodedJpeg`) and is decoded there only as far as its crop needs (a DCT-scaled decode); other formats are decoded
+whole. So a data set far larger than `cache_max_gb` costs the decode of each crop, not of each whole photo.
+
+Bad files. Unreadable files are warned about once per file and process (the message names the file) and the next
+image of the same split is used instead, also when the damage only shows while decoding a crop; a split whose
+every image fails is a ValueError. Setup loads training images until one succeeds, so an all-bad training set
+fails before training starts.
+
+Batches are dicts of tensors: hint (B,7,S,S), target (B,3,S,S), mask (B,S,S) bool, image_id (B,) int64 (the
+photo's position in the catalog: the sorted list of all images), n_colors (B,) int64, patch (B,) bool,
+keep_texture (B,) bool.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
+import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +47,18 @@ import cv2
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dequant.color._checks import check_choice
+from dequant.data.catalog import SPLIT_METHODS, PathList, list_photos, load_listing, save_listing, spec_text, \
+    split_positions
 from dequant.data.examples import ExampleMaker
-from dequant.data.io import ImageLoadError, list_images, load_rgb, save_split, split_paths
+from dequant.data.io import EncodedJpeg, ImageLoadError, load_rgb, save_split
+from dequant.data.shards import ShardCatalog
+
+log = logging.getLogger(__name__)
 
 VAL_TAG, TEST_TAG = 1, 2
 BATCH_KEYS = ("hint", "target", "mask", "image_id", "n_colors", "patch", "keep_texture")
@@ -103,11 +124,41 @@ class _SegmentCache(dict):
         super().__setitem__(key, value)
 
 
-class _ImageSource:
-    """Loads the images of one split by position, with an optional per-process cache and bad-file substitution."""
+class FolderCatalog:
+    """Photos that are files (a `PathList` of absolute paths): opened undecoded when a JPEG, else decoded."""
 
-    def __init__(self, paths: Sequence[Path], cache: bool, cache_max_gb: float, split: str) -> None:
-        self.paths = list(paths)
+    def __init__(self, paths: PathList) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def name(self, position: int) -> str:
+        """What messages call photo `position`: its path."""
+        return self.paths[position]
+
+    def open(self, position: int) -> tuple[Tensor | EncodedJpeg, MutableMapping | None]:
+        """Photo `position`, undecoded when a JPEG (else decoded), and its stored segmentations (files have none);
+        ImageLoadError if it cannot be read."""
+        path = Path(self.paths[position])
+        try:
+            jpeg = EncodedJpeg.read(path)
+        except OSError as err:
+            raise ImageLoadError(path, f"{type(err).__name__}: {err}") from err
+        return (load_rgb(path) if jpeg is None else jpeg), None
+
+
+def _nbytes(image: Tensor | EncodedJpeg) -> int:
+    """Bytes `_compact` would keep of this photo if it is 8-bit (what deciding to cache it needs to know)."""
+    return 3 * image.height * image.width if isinstance(image, EncodedJpeg) else image.numel()
+
+
+class _ImageSource:
+    """Loads the photos of one split by position, with an optional per-process cache and bad-file substitution."""
+
+    def __init__(self, catalog: Any, positions: np.ndarray, cache: bool, cache_max_gb: float, split: str) -> None:
+        self.catalog = catalog
+        self.positions = np.asarray(positions, dtype=np.int64)
         self.cache = cache
         self.cache_max_bytes = int(cache_max_gb * 2**30)
         self.split = split
@@ -117,6 +168,9 @@ class _ImageSource:
         self._segments: dict[int, _SegmentCache] = {}
         self._bad: dict[int, str] = {}  # position -> why it cannot be loaded
         self._full_noted = False
+
+    def __len__(self) -> int:
+        return int(self.positions.size)
 
     def __getstate__(self) -> dict[str, Any]:
         # Workers start with their own (empty) cache rather than a pickled copy of the main process's one.
@@ -142,81 +196,114 @@ class _ImageSource:
             self._segments[i] = _SegmentCache(self)
         return self._segments[i]
 
-    def _load(self, i: int) -> Tensor:
+    def _load(self, i: int) -> tuple[Tensor | EncodedJpeg, MutableMapping | None]:
         if i in self._cached:
-            return _restore(self._cached[i])
-        image = load_rgb(self.paths[i])
-        if self.cache:
-            stored = _compact(image)
-            if self._cached_bytes + stored.nbytes <= self.cache_max_bytes:
-                self._cached[i] = stored
-                self._cached_bytes += stored.nbytes
-            else:
-                self.note_full()
-        return image
+            return _restore(self._cached[i]), None
+        image, stored = self.catalog.open(int(self.positions[i]))
+        if not self.cache:
+            return image, stored
+        if self._cached_bytes + _nbytes(image) > self.cache_max_bytes:
+            self.note_full()
+            return image, stored
+        if isinstance(image, EncodedJpeg):
+            image = image.tensor()
+        compact = _compact(image)
+        if self._cached_bytes + compact.nbytes <= self.cache_max_bytes:
+            self._cached[i] = compact
+            self._cached_bytes += compact.nbytes
+        else:
+            self.note_full()
+        return image, stored
 
-    def get(self, i: int) -> tuple[int, Tensor]:
-        """(position actually used, image): position i, or the next loadable one after it (wrapping around)."""
-        n = len(self.paths)
+    def get(self, i: int) -> tuple[int, Tensor | EncodedJpeg, MutableMapping | None]:
+        """(index actually used, photo, its segment cache): index i, or the next loadable one after it (wrapping
+        around). The photo is a decoded tensor, or a JPEG still encoded (`EncodedJpeg`) when it is not cached; the
+        segment cache is the photo's stored segmentations (shards), its cache entry (a cached photo), or None."""
+        n = len(self)
         for step in range(n):
             j = (i + step) % n
             if j in self._bad:
                 continue
             try:
-                return j, self._load(j)
+                image, stored = self._load(j)
             except ImageLoadError as err:
-                self._bad[j] = err.reason
-                warnings.warn(f"skipping unreadable {self.split} image {err.path} ({err.reason}); "
-                              "another image of the split is used instead", stacklevel=2)
+                self.mark_bad(j, err)
+                continue
+            return j, image, (stored if stored is not None else self.segments(j))
         first = min(self._bad)
-        raise ValueError(f"none of the {n} {self.split} images can be loaded (first: {self.paths[first]}: "
-                         f"{self._bad[first]}); check the `paths` of the data config")
+        raise ValueError(f"none of the {n} {self.split} images can be loaded (first: "
+                         f"{self.catalog.name(int(self.positions[first]))}: {self._bad[first]}); check the `paths` "
+                         "of the data config")
+
+    def mark_bad(self, i: int, err: ImageLoadError) -> None:
+        """Remember that image i cannot be loaded and say so once (its examples use the next image instead)."""
+        self._bad[i] = err.reason
+        self._cached.pop(i, None)
+        warnings.warn(f"skipping unreadable {self.split} image {err.path} ({err.reason}); "
+                      "another image of the split is used instead", stacklevel=3)
+
+    def example(self, i: int, make: Any) -> tuple[int, dict[str, Any]]:
+        """(index used, `make(photo, segment_cache)`) for image i or, when it cannot be read (also when the damage
+        only shows while `make` decodes the crop), the next loadable image."""
+        n = len(self)
+        for _ in range(n):
+            used, image, segments = self.get(i)
+            try:
+                return used, make(image, segments)
+            except ImageLoadError as err:
+                self.mark_bad(used, err)
+                i = used + 1
+        return self.get(i)[0], make(*self.get(i)[1:])  # raises the "none can be loaded" error
 
 
 class TrainDataset(Dataset):
     """Map-style training set: `dataset[(k, epoch, image_index)]` is sample k of that epoch (module docstring)."""
 
-    def __init__(self, source: _ImageSource, image_ids: Sequence[int], example: ExampleMaker, seed: int) -> None:
+    def __init__(self, source: _ImageSource, example: ExampleMaker, seed: int) -> None:
         self.source = source
-        self.image_ids = list(image_ids)
         self.example = example
         self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.image_ids)
+        return len(self.source)
 
     def __getitem__(self, key: tuple[int, int, int] | int) -> dict[str, Tensor]:
         k, epoch, i = (key, 0, key % len(self)) if isinstance(key, (int, np.integer)) else key
-        used, image = self.source.get(int(i))
-        rng = np.random.default_rng([self.seed, int(epoch), int(k)])
-        return _as_batch_item(self.example(image, rng, segment_cache=self.source.segments(used)),
-                              self.image_ids[used])
+
+        def make(image, segments):
+            rng = np.random.default_rng([self.seed, int(epoch), int(k)])
+            return self.example(image, rng, segment_cache=segments)
+
+        used, ex = self.source.example(int(i), make)
+        return _as_batch_item(ex, int(self.source.positions[used]))
 
 
 class FixedExamples(Dataset):
     """`per_image` deterministic examples of each image of a split; example j of image i uses
     `default_rng([split_seed, tag, i, j])` and the mask-mean fill."""
 
-    def __init__(self, source: _ImageSource, image_ids: Sequence[int], example: ExampleMaker, split_seed: int,
-                 tag: int, per_image: int) -> None:
+    def __init__(self, source: _ImageSource, example: ExampleMaker, split_seed: int, tag: int,
+                 per_image: int) -> None:
         self.source = source
-        self.image_ids = list(image_ids)
         self.example = example
         self.split_seed = split_seed
         self.tag = tag
         self.per_image = per_image
 
     def __len__(self) -> int:
-        return len(self.image_ids) * self.per_image
+        return len(self.source) * self.per_image
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} examples")
         i, j = divmod(int(index), self.per_image)
-        used, image = self.source.get(i)
-        rng = np.random.default_rng([self.split_seed, self.tag, i, j])
-        return _as_batch_item(self.example(image, rng, eval_mode=False, segment_cache=self.source.segments(used)),
-                              self.image_ids[used])
+
+        def make(image, segments):
+            rng = np.random.default_rng([self.split_seed, self.tag, i, j])
+            return self.example(image, rng, eval_mode=False, segment_cache=segments)
+
+        used, ex = self.source.example(i, make)
+        return _as_batch_item(ex, int(self.source.positions[used]))
 
 
 def _as_batch_item(ex: dict[str, Any], image_id: int) -> dict[str, Tensor]:
@@ -294,8 +381,9 @@ class DequantDataModule(LightningDataModule):
 
     def __init__(
         self,
-        paths: str | os.PathLike | Sequence[str | os.PathLike],
+        paths: str | os.PathLike | Sequence[str | os.PathLike] | None,
         example: ExampleMaker,
+        url: str | None = None,
         batch_size: int = 8,
         num_workers: int = 2,
         seed: int = 0,
@@ -309,11 +397,20 @@ class DequantDataModule(LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = True,
         train_only_paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        split: str = "hash",
+        val_fraction: float = 5e-4,
+        test_fraction: float = 5e-3,
+        listing_file: str | os.PathLike | None = None,
+        listing_wait_s: float = 600.0,
     ) -> None:
         super().__init__()
         if not isinstance(example, ExampleMaker):
             raise ValueError(f"example must be a dequant.data.examples.ExampleMaker, got {type(example).__name__}")
+        if (paths is None) == (url is None):
+            raise ValueError("give the photos as data.paths (files: a folder, glob or list) or as data.url (shards "
+                             f"from dequant-prepare), exactly one of them; got paths={paths!r}, url={url!r}")
         self.paths = paths
+        self.url = url
         self.example = example
         self.batch_size = _check_int(batch_size, "batch_size", 1)
         self.num_workers = _check_int(num_workers, "num_workers", 0)
@@ -336,8 +433,18 @@ class DequantDataModule(LightningDataModule):
         self.persistent_workers = bool(persistent_workers)
         # Extra photos that only ever train: adding them leaves the val/test split of `paths` as it was.
         self.train_only_paths = train_only_paths
-        self.split: dict[str, list[Path]] | None = None
-        self.all_paths: list[Path] = []
+        self.split_method = check_choice(split, SPLIT_METHODS, "split")
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
+        self.listing_file = None if listing_file is None else Path(listing_file)
+        if isinstance(listing_wait_s, bool) or not isinstance(listing_wait_s, (int, float)) or listing_wait_s < 0:
+            raise ValueError(f"listing_wait_s must be a number >= 0, got {listing_wait_s!r}")
+        self.listing_wait_s = float(listing_wait_s)
+        self.catalog: Any = None
+        self.positions: dict[str, np.ndarray] | None = None
+        self._listing_made = False  # this setup listed the photos (rather than reading the run's saved listing)
         self.val_examples: list[dict[str, Tensor]] = []
         self._train: TrainDataset | None = None
         self._test: FixedExamples | None = None
@@ -347,48 +454,122 @@ class DequantDataModule(LightningDataModule):
     # ------------------------------------------------------------------------------------------------- setup
 
     def _source(self, name: str) -> _ImageSource:
-        assert self.split is not None
-        return _ImageSource(self.split[name], self.cache_images, self.cache_max_gb, name)
+        assert self.positions is not None
+        return _ImageSource(self.catalog, self.positions[name], self.cache_images, self.cache_max_gb, name)
 
-    def _ids(self, name: str) -> list[int]:
-        assert self.split is not None
-        index = {p: i for i, p in enumerate(self.all_paths)}
-        return [index[p] for p in self.split[name]]
+    def _listing(self) -> PathList:
+        """Every photo `paths` names: the run's saved listing when it was made from the same `paths` (resume), else
+        listed now (by rank 0, which saves it; the other ranks wait up to `listing_wait_s` for it, so that a
+        many-node job lists a million files once, not once per rank)."""
+        if self.paths is None:
+            raise ValueError("data.paths is null: give a folder, a glob pattern or a list of image files")
+        spec = spec_text(self.paths)
+        if self.listing_file is None:
+            self._listing_made = True
+            return list_photos(self.paths)
+        listing = load_listing(self.listing_file, spec)
+        if listing is None and rank_zero_only.rank != 0:
+            deadline = time.monotonic() + self.listing_wait_s
+            while listing is None and time.monotonic() < deadline:
+                time.sleep(1.0)
+                listing = load_listing(self.listing_file, spec)
+        if listing is not None:
+            log.info("photos: %d, from the saved listing %s", len(listing), self.listing_file)
+            return listing
+        start = time.monotonic()
+        listing = list_photos(self.paths)
+        self._listing_made = True
+        if rank_zero_only.rank == 0:
+            save_listing(listing, spec, self.listing_file)
+        log.info("photos: %d, listed in %.1f s (saved to %s)", len(listing), time.monotonic() - start,
+                 self.listing_file)
+        return listing
+
+    def _split(self, listing: PathList) -> dict[str, np.ndarray]:
+        return split_positions(listing, self.split_method, n_val=self.n_val, n_test=self.n_test,
+                               seed=self.split_seed, val_fraction=self.val_fraction,
+                               test_fraction=self.test_fraction)
+
+    def _shard_catalog(self) -> tuple[Any, dict[str, np.ndarray]]:
+        """The shards at `url` and the positions of each split (by the photos' relative paths, as for files)."""
+        catalog = ShardCatalog(self.url)
+        catalog.check_files()
+        if self.example.segment_source == "image" and not catalog.check_segmentations(self.example):
+            warnings.warn(f"data.url {self.url!r} holds no segmentations (prepared without them): with "
+                          "segment_source: image every patch example segments its crop", stacklevel=2)
+        if self.train_only_paths:
+            raise ValueError("data.train_only_paths works with data.paths; for shards, prepare every photo into "
+                             "one shard set")
+        if len(catalog) < self.n_val + self.n_test + 1:
+            raise ValueError(f"data.url {self.url!r} holds {len(catalog)} photos, too few for data.n_val="
+                             f"{self.n_val} and data.n_test={self.n_test} and a training photo: set smaller "
+                             "data.n_val / data.n_test (e.g. data.n_val=1 data.n_test=1)")
+        return catalog, self._split(catalog.names)
+
+    def _catalog(self) -> tuple[Any, dict[str, np.ndarray]]:
+        """The catalog of every photo and the positions of each split in it."""
+        if self.url is not None:
+            return self._shard_catalog()
+        listing = self._listing()
+        positions = self._split(listing)
+        if self.train_only_paths:
+            # A photo listed in both stays where the split put it, so a held-out photo never trains.
+            extra = list_photos(self.train_only_paths)
+            known = set(listing)
+            keep = [i for i, q in enumerate(extra) if q not in known]
+            extra = PathList.from_strings([extra[i] for i in keep], [int(extra.rel_start[i]) for i in keep])
+            positions["train"] = np.concatenate([positions["train"], len(listing) + np.arange(len(extra))])
+            listing = listing + extra
+        return FolderCatalog(listing), positions
 
     def setup(self, stage: str | None = None) -> None:
         """List and split the images, check that training images load, make the fixed validation examples."""
-        if self.split is not None:
+        if self.positions is not None:
             return
-        self.all_paths = list_images(self.paths)
-        self.split = split_paths(self.all_paths, seed=self.split_seed, n_val=self.n_val, n_test=self.n_test)
-        if self.train_only_paths:
-            # A photo listed in both stays where the split put it, so a held-out photo never trains.
-            known = set(self.all_paths)
-            extra = [q for q in list_images(self.train_only_paths) if q not in known]
-            self.all_paths = self.all_paths + extra
-            self.split["train"] = list(self.split["train"]) + extra
+        self.catalog, self.positions = self._catalog()
         train_source = self._source("train")
         train_source.get(0)  # fails now, with a clear message, when no training image can be loaded
-        self._train = TrainDataset(train_source, self._ids("train"), self.example, self.seed)
-        val = FixedExamples(self._source("val"), self._ids("val"), self.example, self.split_seed, VAL_TAG,
+        self._train = TrainDataset(train_source, self.example, self.seed)
+        val = FixedExamples(self._source("val"), self.example, self.split_seed, VAL_TAG,
                             self.val_examples_per_image)
         self.val_examples = [val[i] for i in range(len(val))]
-        self._test = FixedExamples(self._source("test"), self._ids("test"), self.example, self.split_seed,
-                                   TEST_TAG, 1)
+        self._test = FixedExamples(self._source("test"), self.example, self.split_seed, TEST_TAG, 1)
+
+    def _names(self, name: str) -> list[Path]:
+        return [Path(self.catalog.name(int(p))) for p in self._require_setup()[name]]
+
+    @property
+    def split(self) -> dict[str, list[Path]] | None:
+        """The files of each split (None before `setup`); a list per split: for small data sets and tests (the
+        module itself keeps position arrays)."""
+        if self.positions is None:
+            return None
+        return {k: self._names(k) for k in ("train", "val", "test")}
+
+    @property
+    def all_paths(self) -> list[Path]:
+        """Every file of the catalog, in position order (`image_id` indexes it)."""
+        self._require_setup()
+        return [Path(self.catalog.name(i)) for i in range(len(self.catalog))]
 
     @property
     def test_paths(self) -> list[Path]:
         """Files of the test split (after `setup`)."""
-        return list(self._require_setup()["test"])
+        return self._names("test")
 
-    def _require_setup(self) -> dict[str, list[Path]]:
-        if self.split is None:
+    def _require_setup(self) -> dict[str, np.ndarray]:
+        if self.positions is None:
             raise RuntimeError("call setup() first")
-        return self.split
+        return self.positions
 
     def save_split(self, run_dir: str | os.PathLike) -> Path:
-        """Write the split to `run_dir/split.json` so that it can be audited."""
-        return save_split(self._require_setup(), Path(run_dir) / "split.json")
+        """Write the split to `run_dir/split.json` so that it can be audited (kept as it is on a resume that read
+        the saved listing: the same listing gives the same split)."""
+        path = Path(run_dir) / "split.json"
+        if path.is_file() and not self._listing_made:
+            return path
+        split = {k: self._names(k) for k in ("train", "val", "test", "unused")}
+        return save_split(split, path)
 
     # ------------------------------------------------------------------------------------------------- loaders
 

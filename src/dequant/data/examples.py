@@ -7,6 +7,11 @@ Pipeline of `ExampleMaker.__call__`, every random choice drawn from the caller's
    from the integers [crop, short side];
    resizing is bicubic (OpenCV INTER_CUBIC, clipped to [0, 1]), except that shrinking by more than 2x uses area
    averaging, because bicubic without a prefilter aliases and aliasing shows up as false texture in the cue;
+   a JPEG handed over undecoded (`dequant.data.io.EncodedJpeg`, a photo the data module does not keep) gives the
+   same draws, and only its crop is resampled, with OpenCV's own taps: bicubic from the whole decode, or, when
+   shrinking by more than 2x, area averaging from the smallest DCT scale (1/2, 1/4, 1/8) at least `dct_margin`
+   times the drawn scale, a DCT-domain downscale standing in for the first part of the averaging
+   (tests/data/test_jpeg.py bounds the difference; experiments/results/bench_data_unique.md times it);
 3. random crop, horizontal flip p=0.5, gray with `p_gray` (OpenCV BT.601 gray, CIELab L/100, or channel mean, chosen
    uniformly; replicated to 3 channels), HSV saturation scaled by U[0, 2) with `p_saturation`; the result is the
    target;
@@ -23,7 +28,9 @@ Pipeline of `ExampleMaker.__call__`, every random choice drawn from the caller's
    (nearest-neighbour, flipped with the crop). What differs from segmenting the crop: segments are cut by the crop
    border, come from the color source (not the gray/saturation-augmented target) and from a scale within
    segment_scale_step^(1/2) of the example's; SLIC and watershed segment counts are scaled to the image's area so a
-   crop-sized region gets as many segments as the crop would (experiments/results/bench_masks.md measures it);
+   crop-sized region gets as many segments as the crop would (experiments/results/bench_masks.md measures it).
+   The choice is made per photo: a photo without a `segment_cache` (one the data module does not keep) is
+   segmented on its crop even with `"image"`, so a data set far larger than the cache costs what `"crop"` costs;
 6. texture cue of the target, and the 7-channel hint from `dequant.color.hint.hint_array` (the values of `hint`).
 Stages 5-6 run on numpy arrays the maker made (the numpy twins of quantize, patch_mask, fill_mask, texture_cue and
 hint, which skip re-validating them); whole examples equal those of the validated torch functions bit for bit.
@@ -50,10 +57,11 @@ from dequant.color.colorspace import rgb_to_lab
 from dequant.color.cues import TextureCue
 from dequant.color.hint import (COLOR, COLOR_IND, CUE, HINT_CHANNELS, MAX_COLORS_SCALE, TEX_IND, fill_mask_array,
                                 hint_array)
-from dequant.color.masks import SEGMENTERS, cut_labels, patch_mask_array, segment_image
+from dequant.color.masks import SEGMENTERS, cut_labels, patch_mask_array, segment_array, segment_image
 from dequant.color.quantize import Quantizer, to_u8_array
 from dequant.data.palette_sizes import PaletteSizeDistribution, WeightedPowerOfTwo
-from dequant.data.resize import resize_array, short_side_size
+from dequant.data.io import EncodedJpeg
+from dequant.data.resize import AREA_BELOW, resize_array, short_side_size
 
 SMALL_IMAGE_MODES = ("upscale", "pad")
 SEGMENT_SOURCES = ("crop", "image")
@@ -158,6 +166,7 @@ class ExampleMaker:
         small_image: str = "upscale",
         segment_source: str = "crop",
         segment_scale_step: float = 2**0.25,
+        dct_margin: float = 2.0,
         profile: bool = False,
     ) -> None:
         if isinstance(crop_size, bool) or not isinstance(crop_size, Integral) or crop_size < 1:
@@ -202,6 +211,10 @@ class ExampleMaker:
                 or not 1.0 < float(segment_scale_step) <= 4.0):
             raise ValueError(f"segment_scale_step must be a number in (1, 4], got {segment_scale_step!r}")
         self.segment_scale_step = float(segment_scale_step)
+        if isinstance(dct_margin, bool) or not isinstance(dct_margin, Real) or not (dct_margin == 0 or dct_margin >= 1):
+            raise ValueError(f"dct_margin must be 0 (always decode whole JPEGs at full resolution) or a number >= 1, "
+                             f"got {dct_margin!r}")
+        self.dct_margin = float(dct_margin)
         self.profile = bool(profile)
         self._times: dict[str, float] = {}
         self._count = 0
@@ -231,7 +244,7 @@ class ExampleMaker:
 
     # ------------------------------------------------------------------------------------------------- stages
 
-    def augment(self, image: Tensor, rng: np.random.Generator) -> tuple[Tensor, dict[str, Any]]:
+    def augment(self, image: Tensor | EncodedJpeg, rng: np.random.Generator) -> tuple[Tensor, dict[str, Any]]:
         """SPEC 1.2 on one image `(3, H, W)`: rescale, crop, flip, gray, saturation -> (target `(3, S, S)`, meta)."""
         target, meta, _ = self._augment(image, rng)
         return target, meta
@@ -252,10 +265,50 @@ class ExampleMaker:
         ph, pw = max(s - h, 0), max(s - w, 0)
         return np.pad(chw, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
 
-    def _augment(self, image: Tensor, rng: np.random.Generator,
-                 checked: bool = False) -> tuple[Tensor, dict[str, Any], np.ndarray]:
-        """`augment`, plus the capped source it cropped from (for segmenting the whole image); `checked`: the
-        image's values were checked before (its range is not checked again)."""
+    def _capped_size(self, h: int, w: int) -> tuple[int, int]:
+        """The source size after `_fit`."""
+        if self.max_short_side is not None and min(h, w) > self.max_short_side:
+            return short_side_size(h, w, self.max_short_side)
+        return h, w
+
+    def _augment_encoded(self, photo: EncodedJpeg, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+        """The rescale, crop and flip of `_augment` for a JPEG not yet decoded: the same draws, and only the crop's
+        pixels resampled, with the same filter as the full path (bicubic from the whole-resolution decode when
+        shrinking by at most 2x, else area averaging from the smallest DCT scale that covers the drawn scale)."""
+        s = self.crop_size
+        h0, w0 = photo.height, photo.width
+        h, w = self._capped_size(h0, w0)
+        short = int(rng.integers(s, min(h, w) + 1))
+        hs, ws = short_side_size(h, w, short)
+        meta: dict[str, Any] = {"source_size": (h0, w0), "short_side": short, "small": False,
+                                "scaled_size": (hs, ws)}
+        top, left = int(rng.integers(0, hs - s + 1)), int(rng.integers(0, ws - s + 1))
+        meta["crop"] = (top, left)
+        meta["flip"] = bool(rng.random() < 0.5)
+        flip = meta["flip"]
+        if min(hs / h0, ws / w0) >= AREA_BELOW:
+            # Bicubic, as the full path resizes: from the whole-resolution decode.
+            meta["dct_denom"] = 1
+            decoded = photo.decode(1)
+            return _kernels().scaled_crop(decoded, 1.0 / (hs / h0), 1.0 / (ws / w0), top, left, s, flip), meta
+        # Area averaging, as the full path shrinks: from the smallest DCT scale at least dct_margin times the drawn
+        # scale. A DCT-domain downscale is a little smoother than area averaging: with a margin of 1 the T cue of
+        # such examples loses ~4% of its texture pixels, with 2 ~1-3% (experiments/results/bench_data_unique.md).
+        denom = meta["dct_denom"] = photo.denom_for(hs, ws, self.dct_margin) if self.dct_margin else 1
+        decoded = photo.decode(denom)
+        hd, wd = decoded.shape[:2]
+        return _kernels().area_crop(decoded, 1.0 / (hs / hd), 1.0 / (ws / wd), top, left, s, flip), meta
+
+    def _augment(self, image: Tensor | EncodedJpeg, rng: np.random.Generator,
+                 checked: bool = False) -> tuple[Tensor, dict[str, Any], np.ndarray | None]:
+        """`augment`, plus the capped source it cropped from (for segmenting the whole image; None for a JPEG
+        decoded only as far as its crop); `checked`: the image's values were checked before (its range is not
+        checked again)."""
+        if isinstance(image, EncodedJpeg):
+            if min(self._capped_size(image.height, image.width)) >= self.crop_size:
+                chw, meta = self._augment_encoded(image, rng)
+                return self._color_augment(chw, rng, meta), meta, None
+            image = image.tensor()  # smaller than the crop: upscaled or padded whole, as below
         chw = _image_array(image, check_range=not checked)
         s = self.crop_size
         h, w = chw.shape[1:]
@@ -282,7 +335,10 @@ class ExampleMaker:
         # Crop, flip and clip in one pass into a fresh contiguous array: the input is never modified, and rounding
         # slack below 0 / above 1 goes.
         chw = _kernels().crop_clip(chw, top, left, s, meta["flip"])
+        return self._color_augment(chw, rng, meta), meta, source
 
+    def _color_augment(self, chw: np.ndarray, rng: np.random.Generator, meta: dict[str, Any]) -> Tensor:
+        """The gray and saturation draws of `_augment` on the crop `chw`; the target."""
         meta["gray"] = None
         if rng.random() < self.p_gray:
             meta["gray"] = GRAY_METHODS[int(rng.integers(len(GRAY_METHODS)))]
@@ -291,7 +347,7 @@ class ExampleMaker:
         if rng.random() < self.p_saturation:
             meta["saturation"] = float(rng.uniform(0.0, 2.0))
             chw = _scale_saturation(chw, meta["saturation"])
-        return torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32)), meta, source
+        return torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))
 
     # ------------------------------------------------------------------------------------------------- masks
 
@@ -301,19 +357,45 @@ class ExampleMaker:
         i = round(math.log(short_side / s) / math.log(self.segment_scale_step))
         return min(round(s * self.segment_scale_step**i), source_short)
 
-    def _labels(self, method: str, meta: dict[str, Any], source: np.ndarray,
-                cache: MutableMapping[Any, np.ndarray]) -> np.ndarray:
-        """The crop's 4-connected segments, cut out of the cached segmentation of the whole (bucket-scaled) source."""
+    def segment_key(self, method: str, meta: dict[str, Any]) -> tuple[str, int | str]:
+        """The (segmenter, scale bucket) whose whole-photo segmentation serves the example `meta` describes."""
+        if meta["small"]:
+            return method, "small"
+        h, w = self._capped_size(*meta["source_size"])
+        return method, self.bucket(meta["short_side"], min(h, w))
+
+    def segment_keys(self, height: int, width: int) -> list[tuple[str, int | str]]:
+        """Every (segmenter, bucket) key an example of a photo of this size (before the cap) may ask for."""
+        h, w = self._capped_size(height, width)
         s = self.crop_size
+        if min(h, w) < s:
+            return [(m, "small") for m in self.segmenters]
+        buckets = sorted({self.bucket(short, min(h, w)) for short in range(s, min(h, w) + 1)})
+        return [(m, b) for b in buckets for m in self.segmenters]
+
+    def segmentation(self, source: np.ndarray, key: tuple[str, int | str]) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, segment areas) of the capped source `(3, H, W)` scaled to the bucket of `key` and segmented
+        whole at full resolution: what `segment_cache` keeps per key (labels as uint16 when they fit)."""
+        method, bucket = key
         h, w = source.shape[1:]
-        key = (method, "small") if meta["small"] else (method, self.bucket(meta["short_side"], min(h, w)))
+        scaled = self._small(source) if bucket == "small" else resize_array(source, *short_side_size(h, w, bucket))
+        labels = segment_image(np.ascontiguousarray(scaled.transpose(1, 2, 0)), method, self.crop_size**2)
+        if labels.max() < 2**16:  # half the cache's memory; cut_labels gives the same segments for either type
+            labels = labels.astype(np.uint16)
+        return labels, np.bincount(labels.ravel())
+
+    def _labels(self, method: str, meta: dict[str, Any], rgb: np.ndarray, source: np.ndarray | None,
+                cache: MutableMapping[Any, Any]) -> np.ndarray:
+        """The crop's 4-connected segments, cut out of the cached segmentation of the whole (bucket-scaled) source
+        (segmented now when missing; a photo without its decoded source and without the key, e.g. a shard
+        prepared for other settings, has its crop `rgb` segmented instead)."""
+        s = self.crop_size
+        key = self.segment_key(method, meta)
         entry = cache.get(key)
         if entry is None:
-            scaled = self._small(source) if meta["small"] else resize_array(source, *short_side_size(h, w, key[1]))
-            labels = segment_image(np.ascontiguousarray(scaled.transpose(1, 2, 0)), method, s * s)
-            if labels.max() < 2**16:  # half the cache's memory; cut_labels gives the same segments for either type
-                labels = labels.astype(np.uint16)
-            entry = cache[key] = (labels, np.bincount(labels.ravel()))
+            if source is None:
+                return segment_array(rgb, method, self.segment_max_side)
+            entry = cache[key] = self.segmentation(source, key)
         labels, areas = entry
         hs, ws = meta["scaled_size"]
         hb, wb = labels.shape
@@ -327,16 +409,19 @@ class ExampleMaker:
         # Segment areas in example pixels, for the half-inside rule of cut_labels.
         return cut_labels(labels, rows, cols, areas * (hs * ws / (hb * wb)))
 
-    def __call__(self, image: Tensor, rng: np.random.Generator, *, eval_mode: bool = False,
+    def __call__(self, image: Tensor | EncodedJpeg, rng: np.random.Generator, *, eval_mode: bool = False,
                  segment_cache: MutableMapping[Any, Any] | None = None) -> dict[str, Any]:
         """One example: `hint (7,S,S)`, `target (3,S,S)`, `mask (S,S)` bool (all False in palette mode),
         `n_colors` int (the drawn N; in patch mode it only matters for index-map masks), `patch` bool,
         `keep_texture` bool and `meta` (the augmentation's choices).
 
-        `segment_cache`: a dict kept with this source image (the data module keeps one beside each cached image),
-        where the image's segmentations (`segment_source="image"`) are stored and reused, and a note that its
-        values were checked (so a cached image is range-checked once, not on every example); the example is the
-        same with a warm, cold or no cache."""
+        `image`: a decoded `(3, H, W)` tensor, or an `EncodedJpeg` decoded here only as far as the example needs
+        (the same draws; the crop comes from a DCT-scaled decode, experiments/results/bench_data_unique.md).
+        `segment_cache`: a dict kept with this source image (the data module keeps one beside each cached image, a
+        shard holds one per photo), where the image's segmentations (`segment_source="image"`) are stored and
+        reused, and a note that its values were checked (so a cached image is range-checked once, not on every
+        example); the example is the same with a warm or cold cache. Without one (a photo nothing keeps), or for an
+        `EncodedJpeg`, `segment_source="image"` segments the crop instead, as `"crop"` does."""
         if not isinstance(rng, np.random.Generator):
             raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         with self._stage("augment"):
@@ -368,9 +453,11 @@ class ExampleMaker:
                         index = self.quantizer(target, n_colors, seed=q_seed).index
             with self._stage("mask"):
                 labels = None
-                if self.segment_source == "image":
-                    cache = {} if segment_cache is None else segment_cache
-                    labels = lambda method: self._labels(method, meta, source, cache)  # noqa: E731
+                if self.segment_source == "image" and segment_cache is not None:
+                    # The photo is kept (the data module's cache, or a shard's stored segmentations): cut its
+                    # segmentation. Any other photo is segmented on its crop: segmenting the whole photo for one
+                    # example costs several crops' worth (experiments/results/bench_data.md).
+                    labels = lambda method: self._labels(method, meta, rgb, source, segment_cache)  # noqa: E731
                 mask = patch_mask_array(rgb, index, rng, p_superpixel=1.0 if superpixel else 0.0,
                                         segmenters=self.segmenters, frac_range=self.mask_frac,
                                         segment_max_side=self.segment_max_side, labels=labels)

@@ -13,6 +13,7 @@ Decoding rules of `load_rgb` (every result is `(3, H, W)` float32 in [0, 1], EXI
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import tempfile
@@ -50,61 +51,97 @@ class ImageLoadError(ValueError):
 # ----------------------------------------------------------------------------------------------------- listing
 
 
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    return _is_image_name(path.name) and path.is_file()
 
 
-def _walk_folder(folder: Path) -> list[Path]:
-    """Image files below `folder`, recursively; hidden files and folders (e.g. macOS `._x.jpg`) are skipped."""
+def _walk_folder(folder: str) -> list[str]:
+    """Image files below `folder`, recursively (as strings: a million `Path`s cost far more); hidden files and
+    folders (e.g. macOS `._x.jpg`) are skipped."""
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(root) / f for f in files if not f.startswith(".") and _is_image(Path(root) / f))
+        for f in files:
+            if not f.startswith(".") and _is_image_name(f):
+                full = os.path.join(root, f)
+                if os.path.isfile(full):
+                    found.append(full)
     return found
 
 
-def _expand(entry: str | os.PathLike) -> list[Path]:
-    """The image files one `paths` entry names: a glob pattern, a folder (recursive) or a single file."""
+def _glob_root(pattern: str) -> str:
+    """The folder part of a glob pattern before its first wildcard: what the matches' relative paths start from."""
+    parts = Path(pattern).parts
+    static = []
+    for part in parts:
+        if any(c in _GLOB_CHARS for c in part):
+            break
+        static.append(part)
+    return os.path.join(*static) if static else "."
+
+
+def _expand(entry: str | os.PathLike) -> list[tuple[str, str]]:
+    """(root, file) of each image file one `paths` entry names: a glob pattern, a folder (recursive) or a single
+    file; `root` is the folder the file's relative path starts from (the folder, the glob's fixed prefix, the
+    file's own folder)."""
     text = os.fspath(entry)
     if not text:
         raise ValueError("paths contains an empty entry")
     expanded = os.path.expanduser(text)
     if any(c in _GLOB_CHARS for c in expanded):
-        found: list[Path] = []
+        root = _glob_root(expanded)
+        found: list[tuple[str, str]] = []
         for match in sorted(glob.glob(expanded, recursive=True)):
-            p = Path(match)
-            found.extend(_walk_folder(p) if p.is_dir() else [p] if _is_image(p) else [])
+            if os.path.isdir(match):
+                found.extend((root, f) for f in _walk_folder(match))
+            elif _is_image(Path(match)):
+                found.append((root, match))
         if not found:
             raise ValueError(f"paths entry {text!r}: the glob pattern matches no image files")
         return found
-    p = Path(expanded)
-    if p.is_dir():
-        found = _walk_folder(p)
-        if not found:
+    if os.path.isdir(expanded):
+        files = _walk_folder(expanded)
+        if not files:
             raise ValueError(f"paths entry {text!r}: the folder holds no image files ({sorted(IMAGE_SUFFIXES)})")
-        return found
-    if p.is_file():
+        return [(expanded, f) for f in files]
+    if os.path.isfile(expanded):
         # An explicitly named file is kept whatever its suffix: the caller asked for it.
-        return [p]
+        return [(os.path.dirname(expanded) or ".", expanded)]
     raise ValueError(f"paths entry {text!r}: no such file or folder")
 
 
-def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Image files named by `paths` (glob patterns, folders searched recursively, files): sorted, de-duplicated."""
+def _normalized(path: str) -> str:
+    # normpath (not resolve) so that symlinked files keep their own names and the order is by name.
+    return os.path.normpath(os.path.abspath(path))
+
+
+def list_image_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[tuple[str, int]]:
+    """(file, start of its relative part) of every image file `paths` names (glob patterns, folders searched
+    recursively, files): normalized absolute paths, sorted, de-duplicated (the first entry naming a file gives its
+    relative part)."""
     entries = [paths] if isinstance(paths, (str, os.PathLike)) else paths
     if not isinstance(entries, Sequence) or isinstance(entries, bytes):
         raise ValueError(f"paths must be a path, a glob pattern or a list of them, got {type(paths).__name__}")
     if len(entries) == 0:
         raise ValueError("paths is empty: give a glob pattern, a folder or image files")
-    unique: dict[str, Path] = {}
+    unique: dict[str, int] = {}
     for entry in entries:
         if not isinstance(entry, (str, os.PathLike)):
             raise ValueError(f"paths entries must be strings or paths, got {type(entry).__name__}: {entry!r}")
-        for p in _expand(entry):
-            # normpath (not resolve) so that symlinked files keep their own names and the order is by name.
-            key = os.path.normpath(os.path.abspath(p))
-            unique.setdefault(key, Path(key))
-    return [unique[k] for k in sorted(unique)]
+        for root, f in _expand(entry):
+            key = _normalized(f)
+            base = _normalized(root).rstrip(os.sep) + os.sep
+            unique.setdefault(key, len(base) if key.startswith(base) else key.rfind(os.sep) + 1)
+    return sorted(unique.items())
+
+
+def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files named by `paths` (glob patterns, folders searched recursively, files): sorted, de-duplicated."""
+    return [Path(f) for f, _ in list_image_files(paths)]
 
 
 # ----------------------------------------------------------------------------------------------------- reading
@@ -141,9 +178,10 @@ def _is_16bit_color_png(im: Image.Image) -> bool:
         str(getattr(t, "args", "")).endswith(";16B") for t in im.tile)
 
 
-def _decode_16bit_png(path: Path) -> np.ndarray:
-    """A 16-bit RGB(A) PNG as (H, W, 3|4) float32 in [0, 1], via OpenCV (imdecode handles any path name)."""
-    data = np.fromfile(path, dtype=np.uint8)
+def _decode_16bit_png(path: Path | io.BytesIO) -> np.ndarray:
+    """A 16-bit RGB(A) PNG (a file, or its bytes) as (H, W, 3|4) float32 in [0, 1], via OpenCV (imdecode handles any
+    path name)."""
+    data = np.frombuffer(path.getvalue(), np.uint8) if isinstance(path, io.BytesIO) else np.fromfile(path, np.uint8)
     bgr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None or bgr.dtype != np.uint16 or bgr.ndim != 3 or bgr.shape[2] not in (3, 4):
         raise ValueError("OpenCV could not decode the 16-bit PNG")
@@ -159,7 +197,7 @@ def _float_gray(values: np.ndarray) -> np.ndarray:
     return finite / scale
 
 
-def _decode(im: Image.Image, path: Path, deep_png: bool) -> np.ndarray:
+def _decode(im: Image.Image, path: Path | io.BytesIO, deep_png: bool) -> np.ndarray:
     """A loaded Pillow image as (H, W, 3) float32 in [0, 1], before orientation."""
     mode = im.mode
     if deep_png:
@@ -181,26 +219,138 @@ def _decode(im: Image.Image, path: Path, deep_png: bool) -> np.ndarray:
     return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2)
 
 
-def load_rgb(path: str | os.PathLike) -> Tensor:
-    """Decode an image file to `(3, H, W)` float32 RGB in [0, 1]; raises ImageLoadError naming the file and why."""
-    p = Path(path)
+def _check_file(p: Path) -> None:
+    """Raise ImageLoadError unless `p` is a non-empty regular file."""
     if not p.is_file():
         raise ImageLoadError(p, "no such file" if not p.exists() else "not a regular file")
     if p.stat().st_size == 0:
         raise ImageLoadError(p, "the file is empty (0 bytes)")
+
+
+def load_rgb(path: str | os.PathLike) -> Tensor:
+    """Decode an image file to `(3, H, W)` float32 RGB in [0, 1]; raises ImageLoadError naming the file and why."""
+    p = Path(path)
+    _check_file(p)
+    jpeg = EncodedJpeg.read(p)
+    if jpeg is not None:
+        return jpeg.tensor()
+    return _load_with_pillow(p)
+
+
+def load_rgb_bytes(data: bytes, name: str | os.PathLike) -> Tensor:
+    """`load_rgb` of an image file's bytes (`name`: what errors call it, e.g. a shard member)."""
+    jpeg = EncodedJpeg.read(name, data=data)
+    if jpeg is not None:
+        return jpeg.tensor()
+    return _load_with_pillow(Path(name), io.BytesIO(data))
+
+
+def _load_with_pillow(p: Path, data: io.BytesIO | None = None) -> Tensor:
+    """`load_rgb` through Pillow: every format, and the JPEGs that `EncodedJpeg` leaves to it (`data`: the file's
+    bytes, when not read from `p`)."""
     try:
-        with Image.open(p) as im:
+        with Image.open(p if data is None else data) as im:
             deep_png = _is_16bit_color_png(im)
             im.load()  # decodes now, so that truncated or corrupt data fails here and not later
             orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-            array = _decode(im, p, deep_png)
+            array = _decode(im, p if data is None else data, deep_png)
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...: all mean unreadable
         reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        if data is not None:  # Pillow names an in-memory file by its object's repr
+            reason = reason.replace(repr(data), "its bytes")
         raise ImageLoadError(p, reason) from err
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ImageLoadError(p, f"the image has no pixels (size {array.shape[1]}x{array.shape[0]})")
     array = np.clip(_orient(array, orientation), 0.0, 1.0)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
+
+
+# ----------------------------------------------------------------------------------------------------- JPEG
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# DCT scales a JPEG is decoded at: libjpeg-turbo has SIMD code for 1/1, 1/2, 1/4 and 1/8 only (its 3/8, 5/8, 6/8 and
+# 7/8 IDCTs are slower than the full decode: experiments/results/bench_data_unique.md).
+DCT_DENOMS = (8, 4, 2, 1)
+
+
+def _simplejpeg():
+    import simplejpeg  # imported on first use: the color core and the scripts that never decode JPEGs skip it
+
+    return simplejpeg
+
+
+class EncodedJpeg:
+    """A JPEG file read into memory but not decoded: its size (EXIF orientation applied) and, on demand, its pixels
+    at a DCT scale of 1/1, 1/2, 1/4 or 1/8 (libjpeg-turbo through simplejpeg, the same decoder Pillow bundles: the
+    full decode equals Pillow's bit for bit, tests/data/test_io.py).
+
+    A training example needs only its crop at its random scale: decoding at the smallest DCT scale that still covers
+    that scale skips most of the inverse DCT, color conversion and upsampling of a large photo."""
+
+    def __init__(self, path: Path, data: bytes, coded: tuple[int, int], orientation: int) -> None:
+        self.path = path
+        self.data = data
+        self.coded = coded  # (height, width) as stored, before orientation
+        self.orientation = orientation
+        transposed = orientation in (5, 6, 7, 8)
+        self.height, self.width = (coded[1], coded[0]) if transposed else coded
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, data: bytes | None = None) -> EncodedJpeg | None:
+        """The JPEG at `path` (or its bytes `data`), or None when it is no JPEG that libjpeg-turbo turns into RGB
+        (CMYK, 12-bit, a corrupt header, no simplejpeg): those take Pillow's path, which words any error."""
+        p = Path(path)
+        if data is None:
+            with open(p, "rb") as f:
+                if f.read(3) != _JPEG_MAGIC:
+                    return None
+                data = _JPEG_MAGIC + f.read()
+        elif data[:3] != _JPEG_MAGIC:
+            return None
+        try:
+            sj = _simplejpeg()
+            height, width, colorspace, _ = sj.decode_jpeg_header(data)
+            if colorspace not in ("YCbCr", "Gray", "RGB"):
+                return None
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only: EXIF orientation
+                orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        except Exception:  # noqa: BLE001 - anything odd goes to Pillow's path, which reports it
+            return None
+        if height < 1 or width < 1:
+            return None
+        return cls(p, data, (int(height), int(width)), orientation)
+
+    def denom_for(self, height: int, width: int, margin: float = 1.0) -> int:
+        """The largest DCT denominator whose decode is at least `margin` times `height` x `width` (oriented)."""
+        for d in DCT_DENOMS:
+            if -(-self.height // d) >= margin * height and -(-self.width // d) >= margin * width:
+                return d
+        return 1
+
+    def decode(self, denom: int = 1) -> np.ndarray:
+        """The photo at DCT scale 1/denom as `(H, W, 3)` uint8 RGB, oriented; ImageLoadError if the data is bad."""
+        if denom not in DCT_DENOMS:
+            raise ValueError(f"denom must be one of {DCT_DENOMS}, got {denom!r}")
+        h, w = self.coded
+        try:
+            rgb = _simplejpeg().decode_jpeg(self.data, colorspace="RGB", min_height=-(-h // denom),
+                                            min_width=-(-w // denom))
+        except Exception as err:  # noqa: BLE001 - libjpeg's messages, e.g. a truncated file
+            # Pillow decodes what libjpeg-turbo calls recoverable (strict mode refuses it), else words the error.
+            if denom == 1:
+                return _hwc_u8(_load_with_pillow(self.path))
+            raise ImageLoadError(self.path, f"{type(err).__name__}: {err}") from err
+        return np.ascontiguousarray(_orient(rgb, self.orientation))
+
+    def tensor(self) -> Tensor:
+        """The whole photo as `load_rgb` returns it: `(3, H, W)` float32 in [0, 1]."""
+        rgb = self.decode(1)
+        return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)).astype(np.float32) / np.float32(255.0))
+
+
+def _hwc_u8(image: Tensor) -> np.ndarray:
+    """A `load_rgb` result of an 8-bit file back as `(H, W, 3)` uint8."""
+    return np.ascontiguousarray(np.rint(image.numpy().transpose(1, 2, 0) * 255.0).astype(np.uint8))
 
 
 # ----------------------------------------------------------------------------------------------------- writing
@@ -289,11 +439,12 @@ def split_paths(
 
 
 def save_split(split: dict[str, Sequence[str | os.PathLike]], path: str | os.PathLike) -> Path:
-    """Write a split `{"train", "val", "test"}` as JSON lists of path strings, atomically."""
+    """Write a split `{"train", "val", "test"}` (and any other non-empty list, e.g. the hash split's "unused") as
+    JSON lists of path strings, atomically."""
     missing = [k for k in SPLITS if k not in split]
     if missing:
         raise ValueError(f"split must have the keys {list(SPLITS)}, missing {missing}")
-    data = {k: [str(p) for p in split[k]] for k in SPLITS}
+    data = {k: [str(p) for p in v] for k, v in split.items() if k in SPLITS or v}
     p = Path(path)
     write_text(p, json.dumps(data, indent=1) + "\n")
     return p
