@@ -116,13 +116,16 @@ def test_slurm_launcher_ties_resources_to_the_trainer(tmp_path: Path, monkeypatc
                                  "trainer.num_nodes=2", "data.num_workers=6", "hydra.launcher.partition=gpu",
                                  f"hydra.sweep.dir={tmp_path}"])
     node = cfg.hydra.launcher
-    assert (node.nodes, node.tasks_per_node, node.gpus_per_node, node.cpus_per_task) == (2, 4, 4, 6)
+    assert (node.nodes, node.tasks_per_node, node.gpus_per_node, node.cpus_per_task) == (2, 4, 4, 7)
+    # Each of the 4 tasks: the training process and 6 workers, each with scratch_256's image cache, plus 16 GB.
+    assert node.mem_gb == 4 * (7 * cfg.data.cache_max_gb + 16)
     launcher = instantiate(node)
     assert isinstance(launcher, sweep.SlurmLauncher)
     # No SLURM here: pretend srun exists so that submitit builds the real sbatch file.
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))
     text = launcher.make_executor()._executor._make_submission_file_text("python -m x", "0")
-    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--cpus-per-task=6", "--time=2880",
+    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--cpus-per-task=7", "--time=2880",
+                 f"--mem={node.mem_gb}GB",
                  "--partition=gpu", "--signal=USR1@120", "--requeue", "--job-name=cue_modes"):
         assert f"#SBATCH {line}\n" in text, line
     assert f"{tmp_path}/.submitit/%j" in text

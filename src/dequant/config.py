@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -23,10 +24,20 @@ def assets_path(name: str = "images") -> str:
     return str(path)
 
 
+def slurm_mem_gb(tasks_per_node: int, workers: int, cache_gb: float, per_task_gb: float) -> int:
+    """Memory (GB) a SLURM node's job asks for: each task's training process and each of its DataLoader workers
+    may fill its own image cache (`data.cache_max_gb`), plus `per_task_gb` for the model, batches and libraries."""
+    return int(math.ceil(int(tasks_per_node) * ((int(workers) + 1) * float(cache_gb) + float(per_task_gb))))
+
+
 def register_resolvers() -> None:
-    """Register `${dq.assets:images}`; safe to call more than once."""
+    """Register `${dq.assets:images}`, `${dq.sum:a,b,...}` and `${dq.slurm_mem_gb:...}`; safe to call more than once."""
     if not OmegaConf.has_resolver("dq.assets"):
         OmegaConf.register_new_resolver("dq.assets", assets_path)
+    if not OmegaConf.has_resolver("dq.sum"):
+        OmegaConf.register_new_resolver("dq.sum", lambda *values: sum(values))
+    if not OmegaConf.has_resolver("dq.slurm_mem_gb"):
+        OmegaConf.register_new_resolver("dq.slurm_mem_gb", slurm_mem_gb)
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
