@@ -12,8 +12,12 @@ Setups:
 - default / paper_256: the data module as it is: JPEGs decoded at the smallest DCT scale that covers the drawn
   scale and only the crop resampled; a photo outside the cache segmented on its crop (paper_256: at full
   resolution, the authors' procedure).
-- shards: the same photos through `dequant-prepare --experiment paper_256` (short side capped at 1024), read with
-  `data=shards`: paper_256's masks cut from the segmentations stored with each photo.
+- shards: the same photos through `dequant-prepare --experiment paper_256` (short side capped at 512, the default;
+  also at 1024 for the camera photos), read with `data=shards`: paper_256's masks cut from the segmentations
+  stored with each photo.
+
+`--work DIR` keeps the photos and shards (made once, reused by the next run: the rates can then be measured on a
+quiet machine without making them again).
 
 Also: the memory a DataLoader worker adds for a list of 1,000,000 file paths, as the data module holds it (a
 `PathList`) and as a Python list of `Path`s (what it held before), with 8 workers reading every path.
@@ -174,50 +178,68 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-small", type=int, default=300, help="500x375 photos per setup")
     parser.add_argument("--n-large", type=int, default=40, help="4000x3000 photos per setup")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the 1,000,000-path memory rows")
+    parser.add_argument("--work", default=None, help="folder that keeps the photos and shards between runs")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_data_unique.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     from dequant.prepare import main as prepare_main
 
-    work = Path(tempfile.mkdtemp(prefix="bench_unique_"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_unique_"))
     rows, notes = [], []
     try:
         # Compile numba's kernels and load the segmenters once, outside every timing.
         warm = work / "warm"
-        make_photos(warm, 4, (640, 480), seed=99)
+        if not warm.is_dir():
+            make_photos(warm, 4, (640, 480), seed=99)
         for setup in ("default", "paper_256"):
             rate(setup, warm, 4, p_patch=1.0)
         for label, size in SIZES.items():
             n = args.n_small if label == "500x375" else args.n_large
             folder = work / label
-            mb = make_photos(folder, n, size, seed=len(label))
+            if len(list(folder.glob("*.jpg"))) != n:
+                shutil.rmtree(folder, ignore_errors=True)
+                make_photos(folder, n, size, seed=len(label))
+            mb = sum(f.stat().st_size for f in folder.glob("*.jpg")) / n / 1e6
             notes.append(f"{label}: {n} photos, {mb:.2f} MB each on average")
-            start = time.monotonic()
-            shard_dir = work / f"shards_{label}"
-            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-                prepare_main([str(folder), "--out", str(shard_dir), "--experiment", "paper_256", "--workers",
-                              str(os.cpu_count() or 1), "--shard-photos", "50"])
-            prep_s = time.monotonic() - start
-            shard_mb = sum(f.stat().st_size for f in shard_dir.glob("shard-*.tar")) / n / 1e6
-            notes.append(f"{label}: dequant-prepare took {prep_s:.0f} s wall on {os.cpu_count()} cores "
-                         f"({prep_s * (os.cpu_count() or 1) / n:.1f} core-s per photo); {shard_mb:.2f} MB per "
-                         "photo in the shards (capped photo and its segmentations)")
-            for setup in ("before", "default", "paper_256", "shards"):
+            caps = (512, 1024) if label == "4000x3000" else (512,)
+            shard_dirs = {}
+            for cap in caps:
+                shard_dir = shard_dirs[cap] = work / f"shards_{label}_{cap}"
+                if not (shard_dir / "dataset.json").is_file():
+                    start = time.monotonic()
+                    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                        prepare_main([str(folder), "--out", str(shard_dir), "--experiment", "paper_256",
+                                      "--max-short-side", str(cap), "--workers", str(os.cpu_count() or 1),
+                                      "--shard-photos", "50"])
+                    wall = time.monotonic() - start
+                    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+                    (shard_dir / "bench_note.txt").write_text(
+                        f"{label}: dequant-prepare --max-short-side {cap} took {wall:.0f} s on {os.cpu_count()} "
+                        f"cores ({wall * (os.cpu_count() or 1) / n:.1f} core-s per photo; load average {load:.1f})")
+                notes.append((shard_dir / "bench_note.txt").read_text())
+                shard_mb = sum(f.stat().st_size for f in shard_dir.glob("shard-*.tar")) / n / 1e6
+                notes.append(f"{label}: {shard_mb:.2f} MB per photo in the shards at cap {cap} (the capped photo "
+                             "and its segmentations)")
+            setups = ["before", "default", "paper_256", *(f"shards (cap {cap})" for cap in caps)]
+            for setup in setups:
                 count = max(n // 4, 6) if setup == "before" else n
+                cap = int(setup.split("cap ")[1].rstrip(")")) if setup.startswith("shards") else None
+                kind = "shards" if cap else setup
                 per_mode = {}
                 for mode, p_patch in (("mix", None), ("palette", 0.0), ("patch", 1.0)):
                     if setup == "before" and mode != "mix":
                         continue
-                    per_mode[mode] = rate(setup, folder, count, p_patch, url=shard_dir)
-                target = TARGETS.get((label, setup))
+                    per_mode[mode] = rate(kind, folder, count, p_patch, url=shard_dirs.get(cap))
+                target = TARGETS.get((label, kind))
                 met = "" if target is None else (" (met)" if per_mode["mix"] >= target else " (not met)")
-                rows.append(f"| {label} | {setup} | {per_mode['mix']:.1f} | {per_mode.get('palette', float('nan')):.1f} "
-                            f"| {per_mode.get('patch', float('nan')):.1f} | "
+                cell = lambda m: f"{per_mode[m]:.1f}" if m in per_mode else "-"  # noqa: E731
+                rows.append(f"| {label} | {setup} | {cell('mix')} | {cell('palette')} | {cell('patch')} | "
                             f"{'' if target is None else f'at least {target}'}{met} |")
                 print(rows[-1], flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
     memory = [] if args.skip_memory else memory_rows()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [

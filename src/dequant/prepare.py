@@ -202,8 +202,10 @@ def parser() -> argparse.ArgumentParser:
                    "segmentations (e.g. paper_256); none: conf/data/default.yaml's")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a further Hydra override of that training config, e.g. data.example.crop_size=128")
-    p.add_argument("--max-short-side", type=int, default=1024,
-                   help="cap on the stored photos' short side (0: none, full resolution); default 1024")
+    p.add_argument("--max-short-side", type=int, default=512,
+                   help="cap on the stored photos' short side (0: none, full resolution); default 512: examples "
+                        "then rescale a photo's short side to U[crop, min(short side, 512)] instead of U[crop, "
+                        "short side] (docs/cluster.md)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded photos (default 95)")
     p.add_argument("--shard-photos", type=int, default=1000, help="photos per shard (default 1000)")
     p.add_argument("--workers", type=int, default=_cores(), help="processes (default: this job's cores)")

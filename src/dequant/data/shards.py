@@ -73,8 +73,16 @@ class StoredSegments(MutableMapping):
     segment areas counted on read), in the shape of an ExampleMaker `segment_cache`."""
 
     def __init__(self, data: bytes | None) -> None:
-        self._npz = None if data is None else np.load(io.BytesIO(data), allow_pickle=False)
+        self._data = data
+        self._parsed = None
         self._extra: dict[Any, Any] = {}
+
+    @property
+    def _npz(self) -> Any:
+        # Parsed on first use: a palette-mode example never reads its photo's segmentations.
+        if self._parsed is None and self._data is not None:
+            self._parsed = np.load(io.BytesIO(self._data), allow_pickle=False)
+        return self._parsed
 
     @staticmethod
     def member(key: tuple[str, Any]) -> str:
