@@ -101,11 +101,16 @@ def test_examples_from_shards_match_the_same_photos_as_files(shard_set):
         dm.setup()
     assert [str(p).split(":", 1)[1] for p in shards.split["val"]] == [
         str(p.relative_to(photos)) for p in files.split["val"]]  # the hash split follows the relative paths
+    cached = _dm(out, cache_images=True)  # photos kept decoded: their segmentations still come from the shards
+    cached.setup()
     for k in range(6):
         a = shards._train[(k, 0, k)]
         b = files._train[(k, 0, k)]
         assert torch.equal(a["mask"], b["mask"]) and a["mask"].any()
         assert float((a["target"] - b["target"]).abs().max()) < 1e-4
+        for _ in range(2):  # decoded and cached, then restored from the cache
+            assert torch.equal(cached._train[(k, 0, k)]["mask"], a["mask"])
+    assert cached._train.source._cached and not cached._train.source._segments
 
 
 def test_every_sample_exactly_once_across_2_ranks_and_2_workers(shard_set):

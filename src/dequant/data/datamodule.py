@@ -137,6 +137,10 @@ class FolderCatalog:
         """What messages call photo `position`: its path."""
         return self.paths[position]
 
+    def segments(self, position: int) -> None:
+        """Stored segmentations: files have none."""
+        return None
+
     def open(self, position: int) -> tuple[Tensor | EncodedJpeg, MutableMapping | None]:
         """Photo `position`, undecoded when a JPEG (else decoded), and its stored segmentations (files have none);
         ImageLoadError if it cannot be read."""
@@ -198,7 +202,7 @@ class _ImageSource:
 
     def _load(self, i: int) -> tuple[Tensor | EncodedJpeg, MutableMapping | None]:
         if i in self._cached:
-            return _restore(self._cached[i]), None
+            return _restore(self._cached[i]), self.catalog.segments(int(self.positions[i]))
         image, stored = self.catalog.open(int(self.positions[i]))
         if not self.cache:
             return image, stored

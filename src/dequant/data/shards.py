@@ -23,7 +23,7 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +72,16 @@ class StoredSegments(MutableMapping):
     """The segmentations a shard holds for one photo, read lazily from its `.seg.npz` (label maps as uint16,
     segment areas counted on read), in the shape of an ExampleMaker `segment_cache`."""
 
-    def __init__(self, data: bytes | None) -> None:
+    def __init__(self, data: bytes | Callable[[], bytes | None] | None) -> None:
         self._data = data
         self._parsed = None
         self._extra: dict[Any, Any] = {}
 
     @property
     def _npz(self) -> Any:
-        # Parsed on first use: a palette-mode example never reads its photo's segmentations.
+        # Read and parsed on first use: a palette-mode example never reads its photo's segmentations.
+        if callable(self._data):
+            self._data = self._data()
         if self._parsed is None and self._data is not None:
             self._parsed = np.load(io.BytesIO(self._data), allow_pickle=False)
         return self._parsed
@@ -209,26 +211,37 @@ class ShardCatalog:
             raise OSError(f"read {len(data)} of {size} bytes at {offset}")
         return data
 
+    def segments(self, position: int) -> StoredSegments:
+        """Photo `position`'s stored segmentations, read from its shard when an example first asks."""
+        ix = self.index
+
+        def read() -> bytes | None:
+            if ix["seg_size"][position] == 0:
+                return None
+            try:
+                return self._read(int(ix["shard"][position]), int(ix["seg_offset"][position]),
+                                  int(ix["seg_size"][position]))
+            except (OSError, ValueError) as err:
+                raise ImageLoadError(self.name(position), f"{type(err).__name__}: {err}") from err
+
+        return StoredSegments(read)
+
     def open(self, position: int) -> tuple[Tensor | EncodedJpeg, StoredSegments]:
         """Photo `position` (undecoded when a JPEG) and its stored segmentations; ImageLoadError when its bytes
         cannot be read or decoded (the data module then skips it with a warning, as it does a bad file)."""
         ix = self.index
-        shard = int(ix["shard"][position])
         name = self.name(position)
         try:
-            data = self._read(shard, int(ix["image_offset"][position]), int(ix["image_size"][position]))
-            seg = None
-            if ix["seg_size"][position] > 0:
-                seg = self._read(shard, int(ix["seg_offset"][position]), int(ix["seg_size"][position]))
-            segments = StoredSegments(seg)
+            data = self._read(int(ix["shard"][position]), int(ix["image_offset"][position]),
+                              int(ix["image_size"][position]))
         except (OSError, ValueError) as err:
             raise ImageLoadError(name, f"{type(err).__name__}: {err}") from err
         if not ix["png"][position]:
             jpeg = EncodedJpeg.read(name, data=data)
             if jpeg is not None and (jpeg.height, jpeg.width) == (int(ix["height"][position]),
                                                                   int(ix["width"][position])):
-                return jpeg, segments
-        return load_rgb_bytes(data, name), segments
+                return jpeg, self.segments(position)
+        return load_rgb_bytes(data, name), self.segments(position)
 
 
 def index_name(i: int) -> str:
