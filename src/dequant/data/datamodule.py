@@ -352,8 +352,9 @@ class EpochSampler(Sampler):
     def __len__(self) -> int:
         return math.ceil(self.samples_per_epoch / self.world_size)
 
-    def keys(self) -> list[tuple[int, int, int]]:
-        """This rank's keys for the current epoch, in order."""
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's sample numbers k and their images for the current epoch, in order (numpy arrays: a million
+        samples cost 16 MB, not a list of a million tuples)."""
         total = len(self) * self.world_size
         cycles = math.ceil(total / self.n_images)
         images = np.concatenate([np.random.default_rng([self.seed, self.epoch, 0, c]).permutation(self.n_images)
@@ -361,11 +362,21 @@ class EpochSampler(Sampler):
         mine = np.arange(self.rank, total, self.world_size)
         # Shuffle this rank's samples (not just its images) so that batches mix images across cycles.
         mine = mine[np.random.default_rng([self.seed, self.epoch, 1, self.rank]).permutation(mine.size)]
-        return [(int(k), self.epoch, int(images[k])) for k in mine]
+        return mine, images[mine]
+
+    def keys(self) -> list[tuple[int, int, int]]:
+        """This rank's keys for the current epoch, in order."""
+        return list(self._iter_keys(0))
+
+    def _iter_keys(self, start: int) -> Iterator[tuple[int, int, int]]:
+        samples, images = self._arrays()
+        epoch = self.epoch
+        for k, i in zip(samples[start:].tolist(), images[start:].tolist()):
+            yield k, epoch, i
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         start, self.start = self.start, 0
-        yield from self.keys()[start:]
+        yield from self._iter_keys(start)
 
     def state_dict(self) -> dict[str, int]:
         """Epoch and position to resume from (position 0 = the start of the epoch)."""
