@@ -64,6 +64,7 @@ bench: install
 	$(BIN)/python experiments/bench_color.py
 	$(BIN)/python experiments/bench_masks.py
 	$(BIN)/python experiments/bench_data.py
+	$(BIN)/python experiments/bench_data.py --unique
 	$(BIN)/python experiments/bench_train.py
 
 clean:

@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--unique", action="store_true", help="(the flag bench_data.py hands over)")
-    parser.add_argument("--n-small", type=int, default=300, help="500x375 photos per setup")
-    parser.add_argument("--n-large", type=int, default=40, help="4000x3000 photos per setup")
+    parser.add_argument("--n-small", type=int, default=200, help="500x375 photos per setup")
+    parser.add_argument("--n-large", type=int, default=16, help="4000x3000 photos per setup")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the 1,000,000-path memory rows")
     parser.add_argument("--work", default=None, help="folder that keeps the photos and shards between runs")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_data_unique.md"))

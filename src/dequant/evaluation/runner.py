@@ -138,7 +138,8 @@ def build_baselines(node: Any) -> list[Baseline]:
 def held_out_paths(ckpt_path: str, dequant_config: Mapping[str, Any],
                    paths: Any = None) -> tuple[list[Path], list[int], str]:
     """(files, image ids, description) of the images to evaluate (see the module docstring, step 2)."""
-    from dequant.data.io import list_images, load_split, split_paths
+    from dequant.data.catalog import list_photos, split_positions
+    from dequant.data.io import list_images, load_split
     from dequant.models.exported import SPLIT_FILE, run_folder
 
     if paths is not None:
@@ -153,8 +154,13 @@ def held_out_paths(ckpt_path: str, dequant_config: Mapping[str, Any],
         if not data.get("paths"):
             raise ValueError("the checkpoint has no split.json next to it and no data.paths in its config: "
                              "pass data.paths=...")
-        split = split_paths(list_images(data["paths"]), seed=int(data.get("split_seed", 42)),
-                            n_val=int(data.get("n_val", 100)), n_test=int(data.get("n_test", 1000)))
+        listing = list_photos(data["paths"])
+        # A config from before the hash split has no `split` key: it was split by the shuffle.
+        positions = split_positions(listing, str(data.get("split", "shuffle")), n_val=int(data.get("n_val", 100)),
+                                    n_test=int(data.get("n_test", 1000)), seed=int(data.get("split_seed", 42)),
+                                    val_fraction=float(data.get("val_fraction", 5e-4)),
+                                    test_fraction=float(data.get("test_fraction", 5e-3)))
+        split = {k: [Path(listing[int(i)]) for i in v] for k, v in positions.items()}
         origin = "the split recomputed from the checkpoint's data config"
     everything = sorted({Path(p) for part in split.values() for p in part})
     ids = {p: i for i, p in enumerate(everything)}
