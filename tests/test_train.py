@@ -128,18 +128,15 @@ def test_no_logger_and_no_progress_bar(tmp_path: Path) -> None:
     assert result["global_step"] == 2 and (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
-def test_wandb_offline_resume_continues_the_same_run(tmp_path: Path) -> None:
+def test_wandb_offline_resume_continues_the_same_run(tmp_path: Path, wandb_offline) -> None:
     wandb = ("logger=wandb", "logger.wandb.offline=true", "~callbacks.progress_bar")
     train(fast(tmp_path, *wandb))
     run_id = (tmp_path / "wandb_run_id.txt").read_text().strip()
     assert run_id and run_id != "None"
-    import wandb as wandb_lib
-
-    wandb_lib.finish()  # as when the process ends: the resumed run must find its id in the run folder
+    wandb_offline.finish()  # as when the process ends: the resumed run must find its id in the run folder
     result = train(fast(tmp_path, *wandb, "trainer.max_steps=3", "ckpt_path=last"))
     assert result["global_step"] == 3
-    assert wandb_lib.run is not None and wandb_lib.run.id == run_id
-    wandb_lib.finish()
+    assert wandb_offline.run is not None and wandb_offline.run.id == run_id
 
 
 def test_last_checkpoint_holds_the_final_step_between_periodic_saves(tmp_path: Path) -> None:
