@@ -305,7 +305,7 @@ class DequantModule(L.LightningModule):
                 output[palette_rows], torch.stack([ix for _, ix in pairs]), [p for p, _ in pairs]
             )
         # No sync needed: every rank validates the same fixed examples (DequantDataModule.val_dataloader), so every
-        # rank logs the same values (tests/test_train.py::test_ddp_cpu_two_processes checks it). A per-step sync
+        # rank logs the same values (tests/test_ddp_faults.py checks it). A per-step sync
         # could even hang, as only palette-mode batches have palette_de2000.
         for name, v in values.items():
             self.log(f"val/{name}", v.mean(), batch_size=v.numel())
