@@ -1,7 +1,9 @@
 """Preemption under DDP, as SLURM delivers it: a 2-process `trainer=ddp_cpu` run (gloo) gets SIGTERM on its whole
 process group. Both ranks stop after the same step, one `last.ckpt` is written, train.py exits 0, and
 `ckpt_path=last` (again on 2 processes) ends bit for bit as a run that was never interrupted, each rank having seen
-the same batches. The uninterrupted run also checks that both ranks log the same validation metrics.
+the same batches. The resumed run is then preempted once more through rank 1 alone (a signal that reaches the ranks
+at different times): rank 0 stops with it. The uninterrupted run also checks that both ranks log the same
+validation metrics.
 
 A file of its own so that the test runner can run it beside test_faults.py (both are mostly waiting on processes).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,27 @@ STOP_AFTER = 4  # SIGTERM once step 4's checkpoint exists
 
 def _rank_log(run: Path, rank: int) -> Path:
     return run / ("batches.jsonl" if rank == 0 else f"batches.jsonl.rank{rank}")
+
+
+def _rank_1(rank_0: int, timeout: float = 120.0) -> int:
+    """The pid of rank 1: the process that train.py (rank 0) launched."""
+    deadline = time.monotonic() + timeout
+    while True:
+        children = [int(pid) for task in Path(f"/proc/{rank_0}/task").iterdir()
+                    for pid in (task / "children").read_text().split()]
+        if children:
+            assert len(children) == 1, children  # no data workers in these runs
+            return children[0]
+        assert time.monotonic() < deadline, "rank 1 did not start"
+        time.sleep(0.05)
+
+
+def _stopped_together(run: Path, log: Path) -> int:
+    """Both ranks ran their last step at the same step, the one last.ckpt follows; returns that checkpoint's step."""
+    stopped_at = _ckpt(run / "checkpoints" / "last.ckpt")["global_step"]
+    last_steps = [max(read_batch_log(_rank_log(run, rank))) for rank in (0, 1)]
+    assert last_steps == [stopped_at - 1, stopped_at - 1], (last_steps, log.read_text()[-3000:])
+    return stopped_at
 
 
 def _wait(proc, log: Path, timeout: float = 300.0) -> int:
@@ -58,16 +82,22 @@ def test_sigterm_to_a_ddp_run_stops_both_ranks_together_then_resumes_exactly(tmp
     text = run_log.read_text()
     assert "received SIGTERM: saved" in text and "resume with ckpt_path=last" in text, text[-3000:]
     assert "killed by signal" not in text and "Traceback" not in text, text[-3000:]
-    stopped_at = _ckpt(run / "checkpoints" / "last.ckpt")["global_step"]
-    assert STOP_AFTER < stopped_at < MAX_STEPS
-    # Both ranks ran their last step at the same step: the one the checkpoint follows.
-    last_steps = [max(read_batch_log(_rank_log(run, rank))) for rank in (0, 1)]
-    assert last_steps == [stopped_at - 1, stopped_at - 1], last_steps
+    stopped_at = _stopped_together(run, run_log)
+    assert STOP_AFTER < stopped_at < MAX_STEPS - 3
     # One last.ckpt (rank 0 writes it), intact; no Lightning auto-requeue checkpoint, the lock released.
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert [n for n in names if n.startswith("last")] == ["last.ckpt"] and not any(n.startswith(".") for n in names)
     assert checkpoint_problem(run / "checkpoints" / "last.ckpt") is None
     assert not list(run.rglob("hpc_ckpt*")) and not (run / ".dequant.lock").exists()
+
+    # Resumed, and preempted again through rank 1 alone: rank 0 learns it in the next step's vote and stops too.
+    again_log = tmp_path / "again.log"
+    again = _launch(run, again_log, *DDP, "ckpt_path=last")
+    _wait_for(run / "checkpoints" / f"step{stopped_at + 2:07d}.ckpt", again, again_log)
+    os.kill(_rank_1(again.pid), signal.SIGTERM)
+    assert _wait(again, again_log) == 0, again_log.read_text()[-3000:]
+    assert "received a signal on another rank: saved" in again_log.read_text(), again_log.read_text()[-3000:]
+    assert stopped_at + 2 < _stopped_together(run, again_log) < MAX_STEPS
 
     resumed_log = tmp_path / "resumed.log"
     resumed = _launch(run, resumed_log, *DDP, "ckpt_path=last")
