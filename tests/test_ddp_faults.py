@@ -24,6 +24,7 @@ from test_faults import (
     _launch,
     _wait_for,
     assert_same_training_state,
+    end_leftover_runs,
 )
 
 from dequant.callbacks import checkpoint_problem, read_batch_log
@@ -57,15 +58,22 @@ def _stopped_together(run: Path, log: Path) -> int:
     return stopped_at
 
 
-def _wait(proc, log: Path, timeout: float = 300.0) -> int:
+@pytest.fixture(autouse=True)
+def kill_leftover_runs():
+    """After the test: no rank it started is left running (a rank waiting for its peer would wait for ever)."""
+    yield
+    end_leftover_runs()
+
+
+def _wait(proc, log: Path, timeout: float = 240.0) -> int:
     try:
         return proc.wait(timeout=timeout)
     except Exception:
-        os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"train.py did not end within {timeout} s:\n" + log.read_text()[-3000:])
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(480)  # four 2-process runs (two of them side by side): the suite's longest test
 def test_sigterm_to_a_ddp_run_stops_both_ranks_together_then_resumes_exactly(tmp_path: Path) -> None:
     ref, run = tmp_path / "reference", tmp_path / "run"
     metric_log = tmp_path / "metrics.jsonl"

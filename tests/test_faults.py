@@ -133,13 +133,39 @@ FAKE_SLURM = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME
               "SLURM_NODELIST": "localhost"}
 
 
+# Every train.py a test starts; `kill_leftover_runs` ends the process groups still running when the test ends (a
+# failed or timed-out test must not leave a training run, or a DDP rank waiting for its peer, behind).
+LAUNCHED: list[subprocess.Popen] = []
+
+
 def _launch(run_dir: Path, log_path: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """train.py in its own process group (so a signal can go to the group, as SLURM sends it to a job step)."""
     cmd = [sys.executable, "train.py", *COMMON, f"hydra.run.dir={run_dir}",
            f"+callbacks.batch_log.path={run_dir / 'batches.jsonl'}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("w") as log:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    LAUNCHED.append(proc)
+    return proc
+
+
+def end_leftover_runs() -> None:
+    """SIGKILL the process group of every launched train.py that still runs, and reap it."""
+    while LAUNCHED:
+        proc = LAUNCHED.pop()
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def kill_leftover_runs():
+    """After each test: no train.py it started is left running."""
+    yield
+    end_leftover_runs()
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, log_path: Path, timeout: float = 240.0) -> None:
