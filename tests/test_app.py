@@ -219,7 +219,8 @@ def test_the_model_renders_one_request_at_a_time(renderer: ed.Renderer, tiny_pho
     assert a_end <= b_start, f"two renders ran at once: {spans}"
 
 
-def test_region_follows_the_clicked_color_and_is_pasted_back(page: Page, tiny_photos: list[Path]) -> None:
+def test_region_follows_the_clicked_color_and_is_pasted_back(page: Page, tiny_photos: list[Path],
+                                                            monkeypatch) -> None:
     state = _loaded(page, tiny_photos[0])
     click = types.SimpleNamespace(index=[36, 24])
     msg, state, overlay = page.click("palette color", 0, 0, "#00ff00", state, click)
@@ -230,15 +231,33 @@ def test_region_follows_the_clicked_color_and_is_pasted_back(page: Page, tiny_ph
     photo_state = page.store.get(state["photo"])
     q = ed.quantize_photo(photo_state, state["n"], state["quantizer"])
     mask = ed.region_mask(photo_state, q, 36, 24, "palette color", 0, 0)
+    seen = []
+    real_run = ed.Renderer.run
+    monkeypatch.setattr(ed.Renderer, "run", lambda self, h, *a, **k: seen.append((h, real_run(self, h, *a, **k)))
+                        or seen[-1][1])
     out = page.render_region("palette color", 0, 0, "#00ff00", True, "checkpoint's", None, 0, None, None, False,
                              state, progress=None)
     assert out[0] == "region rendered at 72x48"
     result, photo = load_rgb(out[3]), load_rgb(tiny_photos[0])
     from scipy import ndimage
 
+    from dequant.color.hint import COLOR
+
+    (hint, output), = seen
+    # The model got the region filled with the chosen color; the photo's own colors elsewhere.
+    assert (hint[COLOR][:, mask] == torch.tensor([0.0, 1.0, 0.0])[:, None]).all()
+    assert torch.equal(hint[COLOR][:, ~mask], photo[:, ~mask])
     outside = ~torch.from_numpy(ndimage.binary_dilation(mask.numpy(), iterations=3))
     assert torch.equal(result[:, outside], photo[:, outside]), "outside the region the photo is kept"
-    assert float((result[:, mask] - photo[:, mask]).abs().mean()) > 0.01
+    # Everywhere the result is the model's output over the region and the photo elsewhere, blended over a Gaussian
+    # edge (std half a pixel of the working image, which is the photo's size here), to the PNG's 8 bits.
+    import cv2
+
+    alpha = torch.from_numpy(cv2.GaussianBlur(mask.numpy().astype(np.float32), (0, 0), sigmaX=0.5,
+                                              borderType=cv2.BORDER_REPLICATE))[None]
+    assert bool((alpha[:, mask] > 0.5).all())
+    expected = (alpha * output + (1 - alpha) * photo).clamp(0, 1)
+    assert float((result - expected).abs().max()) <= 0.5 / 255 + 1e-6
 
 
 def test_every_render_has_a_time_limit(tiny_ckpt: Path, tiny_photos: list[Path]) -> None:
