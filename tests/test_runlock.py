@@ -3,7 +3,8 @@ lock file never exists without its record, a killed holder (a zombie included) a
 the heartbeat keeps another host's lock alive and its stop makes it stale.
 
 The rules users see (a second run refuses, a dead holder's lock is taken over) are in test_cluster.py; the killed
-train.py that resumes at once is test_faults.py::test_sigkill_at_a_random_step_then_resume_matches_the_uninterrupted_run.
+train.py that resumes at once, its process still a zombie, is in test_faults.py
+(test_sigkill_at_a_random_step_then_resume_matches_the_uninterrupted_run).
 """
 
 from __future__ import annotations
