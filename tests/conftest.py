@@ -139,3 +139,22 @@ def run_script(capsys: pytest.CaptureFixture,
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """W&B in offline mode, writing under the test's tmp folder; yields the wandb module. Afterwards every run the
+    test left open is finished, also when the test failed half-way: an open run would take the logging of the tests
+    that follow it."""
+    wandb = pytest.importorskip("wandb")
+    for var, value in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"), ("WANDB_DIR", str(tmp_path)),
+                       ("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config")),
+                       ("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))):
+        monkeypatch.setenv(var, value)
+    try:
+        yield wandb
+    finally:
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)
+        wandb.teardown()
+

@@ -17,7 +17,7 @@ from dequant.data.io import load_rgb
 
 gr = pytest.importorskip("gradio")
 
-from dequant.app.page import Page, _guarded  # noqa: E402 - needs gradio
+from dequant.app.page import KEEP_RESULTS, Page, _guarded, _u8  # noqa: E402 - needs gradio
 
 
 @pytest.fixture(scope="module")
@@ -140,22 +140,87 @@ def test_bad_input_shows_a_message_and_changes_nothing(page: Page, tiny_photos: 
     assert page.requantize(7, "median cut", state)[1]["target"][0] != "#123456", "new N: a new palette"
 
 
-def test_render_is_at_the_photos_own_size_and_downloadable(page: Page, tiny_photos: list[Path]) -> None:
+def test_render_is_the_models_output_at_the_photos_own_size(renderer: ed.Renderer, tiny_photos: list[Path],
+                                                             monkeypatch) -> None:
+    """A photo larger than max_side: the model gets the edited palette's color input at the working size, and the
+    page shows and saves exactly the model's output resized back to the photo's own size."""
+    from dequant.color.hint import COLOR
+    from dequant.edit import resize
+
+    page = Page(renderer, max_side=48)  # the 72x48 photo is edited at 48x32
     state = _loaded(page, tiny_photos[0])
-    state = page.set_swatch("1. x", "#ff00ff", state)[1]
+    msg, state, _, recolored_view, *_ = page.set_swatch("1. x", "#ff00ff", state)
+    seen = []
+    real_run = ed.Renderer.run
+    monkeypatch.setattr(ed.Renderer, "run", lambda self, h, *a, **k: seen.append((h, real_run(self, h, *a, **k)))
+                        or seen[-1][1])
     calls = []
     msg, before, after, path = page.render(True, "checkpoint's", None, 3, None, None, False, state,
                                            progress=lambda f, desc=None: calls.append(f))
     photo = load_rgb(tiny_photos[0])
     assert msg == "rendered at 72x48" and after.shape == before.shape == (48, 72, 3)
     assert calls and all(0 < f < 1 for f in calls)
-    saved = load_rgb(path)
-    assert saved.shape == photo.shape and float((saved - photo).abs().mean()) > 0.01
+    (hint, output), = seen
+    assert hint.shape == (7, 32, 48) and output.shape == (3, 32, 48)
+    # The color input is the recolored image the page shows (swatch 1 now #ff00ff) ...
+    assert np.array_equal(_u8(hint[COLOR]), recolored_view)
+    assert (recolored_view == [255, 0, 255]).all(axis=-1).any()
+    # ... and the result is the model's output resized back, on the page and in the downloaded PNG.
+    expected = resize(output, 48, 72)
+    assert np.array_equal(after, _u8(expected))
+    assert torch.equal(load_rgb(path), torch.from_numpy(_u8(expected)).permute(2, 0, 1).float() / 255)
+    assert np.array_equal(before, _u8(photo))
     again = page.render(True, "checkpoint's", None, 3, None, None, False, state, progress=None)[2]
     assert np.array_equal(after, again), "a render is seeded"
 
 
-def test_region_follows_the_clicked_color_and_is_pasted_back(page: Page, tiny_photos: list[Path]) -> None:
+def test_the_page_keeps_the_last_16_results(page: Page, tiny_photos: list[Path], monkeypatch) -> None:
+    monkeypatch.setattr(ed.Renderer, "transfer", lambda self, photo, *a, **k: photo.full_float)
+    state = _loaded(page, tiny_photos[0])
+    paths = [Path(page.render(True, "checkpoint's", None, 0, None, None, False, state, progress=None)[3])
+             for _ in range(KEEP_RESULTS + 3)]
+    kept = sorted(page.results_dir.rglob("*.png"))
+    assert KEEP_RESULTS == 16 and kept == sorted(paths[3:])
+    assert not any(p.exists() or p.parent.exists() for p in paths[:3])
+
+
+def test_the_model_renders_one_request_at_a_time(renderer: ed.Renderer, tiny_photos: list[Path],
+                                                 monkeypatch) -> None:
+    """A photo render and a region render asked for at once (two sessions): the model runs them one after the
+    other (the page's queue also runs each kind one at a time: tests/test_app_browser.py)."""
+    import threading
+    import time
+
+    page = Page(renderer, max_side=128)
+    state = _loaded(page, tiny_photos[0])
+    state = page.click("palette color", 0, 0, "#00ff00", state, types.SimpleNamespace(index=[36, 24]))[1]
+    spans = []
+    real = renderer.model.render
+
+    def slow(*args, **kwargs):
+        start = time.monotonic()
+        time.sleep(0.3)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            spans.append((start, time.monotonic()))
+
+    monkeypatch.setattr(renderer.model, "render", slow)
+    jobs = [threading.Thread(target=page.render, args=(True, "checkpoint's", None, 0, None, None, False, state),
+                             kwargs={"progress": None}),
+            threading.Thread(target=page.render_region, args=("palette color", 0, 0, "#00ff00", True,
+                                                              "checkpoint's", None, 0, None, None, False, state),
+                             kwargs={"progress": None})]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=120)
+    (a_start, a_end), (b_start, b_end) = sorted(spans)
+    assert a_end <= b_start, f"two renders ran at once: {spans}"
+
+
+def test_region_follows_the_clicked_color_and_is_pasted_back(page: Page, tiny_photos: list[Path],
+                                                            monkeypatch) -> None:
     state = _loaded(page, tiny_photos[0])
     click = types.SimpleNamespace(index=[36, 24])
     msg, state, overlay = page.click("palette color", 0, 0, "#00ff00", state, click)
@@ -166,15 +231,33 @@ def test_region_follows_the_clicked_color_and_is_pasted_back(page: Page, tiny_ph
     photo_state = page.store.get(state["photo"])
     q = ed.quantize_photo(photo_state, state["n"], state["quantizer"])
     mask = ed.region_mask(photo_state, q, 36, 24, "palette color", 0, 0)
+    seen = []
+    real_run = ed.Renderer.run
+    monkeypatch.setattr(ed.Renderer, "run", lambda self, h, *a, **k: seen.append((h, real_run(self, h, *a, **k)))
+                        or seen[-1][1])
     out = page.render_region("palette color", 0, 0, "#00ff00", True, "checkpoint's", None, 0, None, None, False,
                              state, progress=None)
     assert out[0] == "region rendered at 72x48"
     result, photo = load_rgb(out[3]), load_rgb(tiny_photos[0])
     from scipy import ndimage
 
+    from dequant.color.hint import COLOR
+
+    (hint, output), = seen
+    # The model got the region filled with the chosen color; the photo's own colors elsewhere.
+    assert (hint[COLOR][:, mask] == torch.tensor([0.0, 1.0, 0.0])[:, None]).all()
+    assert torch.equal(hint[COLOR][:, ~mask], photo[:, ~mask])
     outside = ~torch.from_numpy(ndimage.binary_dilation(mask.numpy(), iterations=3))
     assert torch.equal(result[:, outside], photo[:, outside]), "outside the region the photo is kept"
-    assert float((result[:, mask] - photo[:, mask]).abs().mean()) > 0.01
+    # Everywhere the result is the model's output over the region and the photo elsewhere, blended over a Gaussian
+    # edge (std half a pixel of the working image, which is the photo's size here), to the PNG's 8 bits.
+    import cv2
+
+    alpha = torch.from_numpy(cv2.GaussianBlur(mask.numpy().astype(np.float32), (0, 0), sigmaX=0.5,
+                                              borderType=cv2.BORDER_REPLICATE))[None]
+    assert bool((alpha[:, mask] > 0.5).all())
+    expected = (alpha * output + (1 - alpha) * photo).clamp(0, 1)
+    assert float((result - expected).abs().max()) <= 0.5 / 255 + 1e-6
 
 
 def test_every_render_has_a_time_limit(tiny_ckpt: Path, tiny_photos: list[Path]) -> None:

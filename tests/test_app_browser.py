@@ -1,5 +1,7 @@
-"""dequant-app in a real browser: Debian's headless Chromium driven by Playwright, against a page serving the tiny
-checkpoint. Installs chromium with apt-get when missing (as root, as CI runs); skips, saying why, when it cannot.
+"""dequant-app as its console script serves it (the shipped parser, page and launch settings: `cli.serve`), in a
+real browser: Debian's headless Chromium driven by Playwright, against a page serving the tiny checkpoint; and its
+limits over HTTP (upload size cap, served paths, one render at a time, the cache purge). Installs chromium with
+apt-get when missing (as root, as CI runs); skips, saying why, when it cannot.
 
 Screenshots of every step land in the test's tmp folder (`pytest --basetemp=DIR` keeps them somewhere known).
 """
@@ -9,6 +11,8 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -48,22 +52,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# The test photo is 72x48 (tiny_photos[0]); the page edits and renders it at this long side and resizes results back.
+MAX_SIDE = 48
+
+
 @pytest.fixture(scope="module")
-def server(tiny_ckpt: Path):
-    """The page on 127.0.0.1 with the tiny checkpoint; yields its URL."""
+def app(tiny_ckpt: Path):
+    """dequant-app started as its console script starts it (`build_parser`, `make_page`, `serve`: its queue and
+    launch settings), on a free port, not blocking, with `--max-side 48`. Yields url, page, demo and args."""
     pytest.importorskip("gradio")
-    from dequant.app.cli import build_parser, make_page
+    from dequant.app.cli import build_parser, make_page, serve
 
     port = _free_port()
-    args = build_parser().parse_args(["--ckpt", str(tiny_ckpt), "--port", str(port)])
-    _, demo = make_page(args)
-    demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name=args.host, server_port=port, prevent_thread_lock=True, ssr_mode=False,
-                footer_links=[], quiet=True)
+    args = build_parser().parse_args(["--ckpt", str(tiny_ckpt), "--port", str(port), "--max-side", str(MAX_SIDE)])
+    page, demo = make_page(args)
+    serve(demo, args, block=False)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}", page=page, demo=demo, args=args)
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def server(app) -> str:
+    """The running page's URL."""
+    return app.url
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +106,60 @@ def test_page_serves_no_file_outside_its_folders(server: str, tmp_path: Path) ->
             assert b"do not serve me" not in resp.content and b"root:" not in resp.content
 
 
+def test_the_shipped_limits_hold(app, tiny_photos: list[Path]) -> None:
+    """What `dequant-app` promises (docs/app.md), on the server its own settings started: 127.0.0.1 only, uploads
+    over 100 MB refused unread and smaller ones kept in Gradio's cache (purged of files older than an hour every 10
+    minutes), the editor's limits from the command line's defaults."""
+    import httpx
+
+    from dequant.app.cli import launch_settings
+
+    settings = launch_settings(app.args)
+    assert settings["server_name"] == "127.0.0.1" and "allowed_paths" not in settings
+    upload = f"{app.url}/gradio_api/upload"
+    big = httpx.post(upload, files={"files": ("big.png", b"x" * (100 * 2**20 + 1), "image/png")}, timeout=120)
+    assert big.status_code == 413 and "maximum allowed size of 104857600 bytes" in big.text
+    small = httpx.post(upload, files={"files": ("small.png", tiny_photos[0].read_bytes(), "image/png")}, timeout=60)
+    assert small.status_code == 200
+    (stored,) = small.json()
+    assert Path(stored).name == "small.png" and not list(Path(stored).parents[1].rglob("big.png"))
+    assert any(stored in files for files in app.demo.temp_file_sets), "uploads are not in the purged cache"
+    assert app.demo.delete_cache == (600, 3600)
+    assert app.page.max_side == MAX_SIDE and app.page.max_pixels == 20_000_000
+    assert app.page.renderer.time_limit == 300.0 and app.page.store.capacity == 8
+
+
+def test_renders_run_one_at_a_time(app, tiny_photos: list[Path]) -> None:
+    """Two sessions ask for a render at the same moment: the server runs them one after the other."""
+    from gradio_client import Client, handle_file
+
+    renderer = app.page.renderer
+    spans: list[tuple[float, float]] = []
+    real = renderer.transfer
+
+    def slow_transfer(*args, **kwargs):
+        start = time.monotonic()
+        time.sleep(0.5)  # long enough that two renders allowed at once would overlap
+        try:
+            return real(*args, **kwargs)
+        finally:
+            spans.append((start, time.monotonic()))
+
+    renderer.transfer = slow_transfer
+    try:
+        clients = [Client(app.url, verbose=False) for _ in range(2)]
+        for client in clients:
+            client.predict(handle_file(str(tiny_photos[0])), 8, "median cut", api_name="/load_upload")
+        jobs = [client.submit(True, f"checkpoint's ({renderer.default_sampler})", None,
+                              0, None, None, False, api_name="/render") for client in clients]
+        results = [job.result(timeout=120) for job in jobs]
+    finally:
+        del renderer.transfer
+    assert [r[0] for r in results] == ["rendered at 72x48"] * 2
+    (a_start, a_end), (b_start, b_end) = sorted(spans)
+    assert a_end <= b_start, f"two renders ran at once: {spans}"
+
+
 def _status(page, text: str) -> str:
     """Wait until the status line holds `text`; return the line."""
     status = page.locator("#status")
@@ -116,11 +183,28 @@ def _render_and_download(page, out: Path) -> Image.Image:
     return Image.open(out).convert("RGB")
 
 
-def test_edit_and_render_in_the_browser(server: str, browser, tiny_photos: list[Path], tmp_path: Path) -> None:
-    """Upload a shipped photo, change a swatch, render, download at the photo's size; click a region and render
-    it; a bad upload shows a message and the next good upload still renders."""
-    photo = tiny_photos[0]  # chelsea.jpg downsized to 72x48
-    source = np.asarray(Image.open(photo).convert("RGB"), dtype=np.float32)
+def _expected_render(app, photo: Path) -> np.ndarray:
+    """What the page renders for `photo` with swatch 1 set to #e0218a and the default settings, computed in this
+    process by the server's own Page (renders are seeded): the PNG the browser must download."""
+    from dequant.data.io import load_rgb
+
+    state = app.page.load_upload(str(photo), 8, "median cut", {})[1]
+    state = app.page.set_swatch("1. x", "#e0218a", state)[1]
+    path = app.page.render(True, f"checkpoint's ({app.page.renderer.default_sampler})", None, 0, None, None, False,
+                           state, progress=None)[3]
+    return (load_rgb(path) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def test_edit_and_render_in_the_browser(app, browser, tiny_photos: list[Path], tmp_path: Path) -> None:
+    """Upload a photo larger than --max-side, change a swatch, render, download at the photo's own size: exactly
+    the page's render; click a region and render it; a bad upload shows a message and the next good upload still
+    renders."""
+    server = app.url
+    photo = tiny_photos[0]  # chelsea.jpg downsized to 72x48: edited at 48x32
+    renders: list[tuple[int, ...]] = []  # the size of each hint the model got
+    model = app.page.renderer.model
+    real_render = model.render
+    model.render = lambda h, *a, **k: renders.append(tuple(h.shape)) or real_render(h, *a, **k)
     context = browser.new_context(viewport={"width": 1280, "height": 1300}, accept_downloads=True)
     page = context.new_page()
     elsewhere: list[str] = []  # the page must work offline: no font, script or ping from another host
@@ -131,7 +215,7 @@ def test_edit_and_render_in_the_browser(server: str, browser, tiny_photos: list[
         page.screenshot(path=tmp_path / "1_page.png", full_page=True)
 
         _upload(page, photo)
-        assert "colors" in _status(page, "72x48")
+        assert "colors" in _status(page, "72x48")  # the photo's own size
         page.locator("#quantized img").wait_for(timeout=STEP_MS)
         page.screenshot(path=tmp_path / "2_uploaded.png", full_page=True)
 
@@ -142,8 +226,10 @@ def test_edit_and_render_in_the_browser(server: str, browser, tiny_photos: list[
         page.screenshot(path=tmp_path / "3_swatch.png", full_page=True)
 
         result = _render_and_download(page, tmp_path / "download_1.png")
-        assert result.size == (72, 48)
-        assert np.abs(np.asarray(result, dtype=np.float32) - source).mean() > 1.0
+        # Rendered at the working size (long side --max-side), resized back to the photo's own size, and exactly
+        # the page's render of the photo with that swatch.
+        assert renders == [(7, 32, 48)] and result.size == (72, 48)
+        assert np.array_equal(np.asarray(result), _expected_render(app, photo))
         page.screenshot(path=tmp_path / "4_rendered.png", full_page=True)
 
         page.get_by_role("tab", name="Recolor a region").click()
@@ -153,6 +239,7 @@ def test_edit_and_render_in_the_browser(server: str, browser, tiny_photos: list[
         page.locator("#region img").wait_for(timeout=STEP_MS)
         page.locator("#render-region").click()
         _status(page, "region rendered at 72x48")
+        assert len(renders) == 3 and renders[-1] == (7, 32, 48)
         page.screenshot(path=tmp_path / "5_region.png", full_page=True)
 
         bad = tmp_path / "broken.png"
@@ -169,3 +256,4 @@ def test_edit_and_render_in_the_browser(server: str, browser, tiny_photos: list[
         assert not elsewhere, f"the page asked other hosts for {elsewhere[:5]}"
     finally:
         context.close()
+        del model.render

@@ -82,11 +82,20 @@ def test_a_lock_of_another_host_is_stale_only_when_its_heartbeat_stopped(tmp_pat
     RunLock(tmp_path).acquire().release()
 
 
-def test_the_requeued_rerun_of_the_same_slurm_job_takes_over(tmp_path: Path, monkeypatch,
-                                                             other_live_process) -> None:
+def test_the_requeued_rerun_of_the_same_slurm_job_takes_over(tmp_path: Path, monkeypatch, other_live_process,
+                                                             caplog) -> None:
     _write_lock(tmp_path, other_live_process.pid, host="node-a", slurm_job_id="777")
+    monkeypatch.setenv("SLURM_JOB_ID", "778")  # another job: the holder's fresh heartbeat keeps the folder
+    with pytest.raises(RunFolderBusy, match="host node-a, .*SLURM job 777"):
+        RunLock(tmp_path).acquire()
     monkeypatch.setenv("SLURM_JOB_ID", "777")
-    RunLock(tmp_path).acquire().release()
+    with caplog.at_level(logging.WARNING, logger="dequant.runlock"):
+        lock = RunLock(tmp_path).acquire()
+    assert "taking over the lock of host node-a" in caplog.text
+    assert "it is an earlier run of this SLURM job (777), which SLURM has ended" in caplog.text
+    record = json.loads((tmp_path / LOCK_NAME).read_text())
+    assert record["pid"] == os.getpid() and record["slurm_job_id"] == "777"
+    lock.release()
 
 
 def test_nested_locks_of_one_process_share_the_lock(tmp_path: Path) -> None:
@@ -266,7 +275,11 @@ def test_fsdp_without_ema_passes_the_startup_check() -> None:
 
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=tiny", "trainer=fsdp", "module.use_ema=false"])
-    check_strategy(cfg)
+    assert "fsdp" in cfg.trainer.strategy._target_.lower() and cfg.module.use_ema is False
+    assert check_strategy(cfg) is None  # no error: the check tells the two apart
+    cfg.module.use_ema = True
+    with pytest.raises(ValueError, match="^trainer.strategy is FSDP and module.use_ema=true"):
+        check_strategy(cfg)
 
 
 # ------------------------------------------------------------------------------------------------ IF-II conditioning
@@ -362,9 +375,9 @@ def _wait_for_handler(proc: subprocess.Popen, sig: signal.Signals, log: Path, ti
 
 
 @pytest.mark.slow
-def test_a_sweep_job_and_an_evaluation_under_sigterm_stop_cleanly(tmp_path: Path) -> None:
+def test_a_sweep_job_under_sigterm_is_recorded_preempted(tmp_path: Path) -> None:
     """SIGTERM to the process group: the sweep job (training with 2 data workers) is recorded as preempted, not
-    failed, exit 0; an evaluation of its checkpoint stops between batches, exit 0, writing no partial tables."""
+    failed, exit 0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     sweep_dir, sweep_log = tmp_path / "sweep", tmp_path / "sweep.log"
     cmd = [sys.executable, "-m", "dequant.sweep", "-m", "--config-dir", str(ROOT / "sweeps"), "--config-name",
@@ -391,16 +404,25 @@ def test_a_sweep_job_and_an_evaluation_under_sigterm_stop_cleanly(tmp_path: Path
     assert text.count("received SIGTERM: saved") == 1 and "killed by signal" not in text, text[-3000:]
     assert not (job / LOCK_NAME).exists() and not list(job.rglob("hpc_ckpt*"))
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+def test_an_evaluation_stops_between_batches_on_a_preemption_signal(sig: str, tiny_ckpt: Path,
+                                                                    tmp_path: Path) -> None:
+    """evaluate.py under SIGTERM or SIGUSR1 to its process group (SLURM's preemption and time-limit warning): it
+    stops between batches, says so once, exits 0 and writes no partial tables."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     eval_dir, eval_log = tmp_path / "eval", tmp_path / "eval.log"
     with eval_log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "evaluate.py", f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}",
-                                 "sampler=ddim", "sampler.steps=2", "progress=false", f"hydra.run.dir={eval_dir}"],
+        proc = subprocess.Popen([sys.executable, "evaluate.py", f"ckpt_path={tiny_ckpt}", "sampler=ddim",
+                                 "sampler.steps=2", "progress=false", f"hydra.run.dir={eval_dir}"],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     _wait_for_text(eval_log, "evaluating ", proc)
     # The evaluation installs its handler a moment after that line: a signal in between would kill it outright.
-    _wait_for_handler(proc, signal.SIGTERM, eval_log)
-    os.killpg(proc.pid, signal.SIGTERM)
+    signum = getattr(signal, sig)
+    _wait_for_handler(proc, signum, eval_log)
+    os.killpg(proc.pid, signum)
     assert proc.wait(timeout=120) == 0, eval_log.read_text()[-3000:]
     text = eval_log.read_text()
-    assert text.count("evaluation stopped by SIGTERM") == 1, text[-3000:]
-    assert not (eval_dir / "metrics.csv").exists()
+    assert text.count(f"evaluation stopped by {sig}") == 1, text[-3000:]
+    assert not (eval_dir / "metrics.csv").exists() and not list(eval_dir.glob("*.csv"))

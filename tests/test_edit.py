@@ -265,63 +265,179 @@ def _foreign_checkpoints(tiny_ckpt: Path, tmp_path: Path) -> list[Path]:
     return [plain, other, text]
 
 
-def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_ckpt, tiny_photos, tmp_path, capsys) -> None:
+# Every bad input of dequant-edit: the arguments and the one line it prints on stderr, word for word ({tmp}: the test's
+# folder, {photo}: a 72x48 photo, {ckpt}: the tiny checkpoint). A compiled pattern instead of a line: the line must
+# match it whole (only where the line quotes a message of torch's that names the model's sizes). docs/robustness.md
+# quotes these lines; test_the_documented_edit_errors_are_these names any it quotes that are not here.
+_CK = ["--ckpt", "{ckpt}"]
+EDIT_ERRORS: dict[str, tuple[list[str], str | re.Pattern]] = {
+    "unreadable photo": (["transfer", "{tmp}/broken.jpg", *_CK, "--colormap", "viridis"],
+                         "dequant-edit transfer: error: PHOTO {tmp}/broken.jpg: cannot read the image "
+                         "(UnidentifiedImageError: cannot identify image file '{tmp}/broken.jpg')"),
+    "missing photo": (["recolor", "{tmp}/nope.png", *_CK, "--point", "1,1", "--color", "#fff"],
+                      "dequant-edit recolor: error: PHOTO {tmp}/nope.png: cannot read the image (no such file)"),
+    "malformed hex palette": (["transfer", "{photo}", *_CK, "--palette", "#264653,#12345g"],
+                              "dequant-edit transfer: error: --palette: malformed hex color '#12345g' (expected "
+                              "#RRGGBB or #RGB)"),
+    "malformed hex color": (["recolor", "{photo}", *_CK, "--point", "1,1", "--color", "red"],
+                            "dequant-edit recolor: error: --color: malformed hex color 'red' (expected #RRGGBB or "
+                            "#RGB)"),
+    "two colors": (["recolor", "{photo}", *_CK, "--point", "1,1", "--color", "#fff,#000"],
+                   "dequant-edit recolor: error: --color must be one hex color, got 2: '#fff,#000'"),
+    "unknown cue": (["transfer", "{photo}", *_CK, "--colormap", "viridis", "--cue", "Q"],
+                    "dequant-edit transfer: error: argument --cue: invalid choice: 'Q' (choose from 'T', 'G', 'L', "
+                    "'none')"),
+    "unknown score": (["transfer", "{photo}", *_CK, "--colormap", "viridis", "--score", "x"],
+                      "dequant-edit transfer: error: argument --score: invalid choice: 'x' (choose from 'color', "
+                      "'neg', 'freq', 'int', 'cmap')"),
+    "unknown colormap": (["transfer", "{photo}", *_CK, "--colormap", "no_such_map"],
+                         "dequant-edit transfer: error: --colormap 'no_such_map': not a matplotlib colormap"),
+    "unreadable palette image": (["transfer", "{photo}", *_CK, "--palette-from", "{tmp}/broken.jpg"],
+                                 "dequant-edit transfer: error: --palette-from {tmp}/broken.jpg: cannot read the "
+                                 "image (UnidentifiedImageError: cannot identify image file '{tmp}/broken.jpg')"),
+    "mask of another size": (["recolor", "{photo}", *_CK, "--mask", "{tmp}/small_mask.png", "--color", "#fff"],
+                             "dequant-edit recolor: error: --mask {tmp}/small_mask.png: size 8x8 differs from the "
+                             "photo's 72x48"),
+    "empty mask": (["recolor", "{photo}", *_CK, "--mask", "{tmp}/black_mask.png", "--color", "#fff"],
+                   "dequant-edit recolor: error: --mask {tmp}/black_mask.png: the mask is empty (no pixel brighter "
+                   "than 50% gray)"),
+    "point outside": (["recolor", "{photo}", *_CK, "--point", "72,3", "--color", "#fff"],
+                      "dequant-edit recolor: error: --point 72,3 lies outside the photo (72x48: X in [0, 71], Y in "
+                      "[0, 47])"),
+    "negative point": (["recolor", "{photo}", *_CK, "--point=-1,3", "--color", "#fff"],
+                       "dequant-edit recolor: error: --point -1,3 lies outside the photo (72x48: X in [0, 71], Y in "
+                       "[0, 47])"),
+    "malformed point": (["recolor", "{photo}", *_CK, "--point", "3", "--color", "#fff"],
+                        "dequant-edit recolor: error: argument --point: expected X,Y in integer pixels, got '3'"),
+    "foreign checkpoint": (["transfer", "{photo}", "--ckpt", "{tmp}/plain.ckpt", "--colormap", "viridis"],
+                           "dequant-edit transfer: error: --ckpt {tmp}/plain.ckpt: not a usable dequant model (path "
+                           "'{tmp}/plain.ckpt' carries no dequant config: it was not written by dequant)"),
+    "another architecture": (["transfer", "{photo}", "--ckpt", "{tmp}/other_arch.ckpt", "--colormap", "viridis"],
+                             re.compile(re.escape(
+                                 "dequant-edit transfer: error: --ckpt {tmp}/other_arch.ckpt: not a usable dequant "
+                                 "model (checkpoint '{tmp}/other_arch.ckpt' weights do not fit the rebuilt module: "
+                                 "Error(s) in loading state_dict for DequantModule: size mismatch for "
+                                 "net.unet.conv_in.weight: copying a param with shape torch.Size(") + r".*")),
+    "not a checkpoint": (["transfer", "{photo}", "--ckpt", "{tmp}/text.ckpt", "--colormap", "viridis"],
+                         "dequant-edit transfer: error: --ckpt {tmp}/text.ckpt: not a usable dequant model (path "
+                         "'{tmp}/text.ckpt' is not a readable checkpoint (RuntimeError))"),
+    "missing checkpoint": (["transfer", "{photo}", "--ckpt", "{tmp}/none.ckpt", "--colormap", "viridis"],
+                           "dequant-edit transfer: error: --ckpt {tmp}/none.ckpt: not a usable dequant model (path "
+                           "'{tmp}/none.ckpt' does not exist)"),
+    "cue of another checkpoint": (["transfer", "{photo}", *_CK, "--cue", "L", "--colormap", "viridis"],
+                                  "dequant-edit transfer: error: --cue L: the checkpoint was trained with the 'T' "
+                                  "texture cue (pass --cue T or leave --cue out)"),
+    "steps the sampler refuses": (["transfer", "{photo}", *_CK, "--colormap", "viridis", "--sampler", "ddpm_super27",
+                                   "--steps", "5"],
+                                  "dequant-edit transfer: error: --sampler/--steps/--start-step/--guidance: steps "
+                                  "must be 27 for the ddpm_super27 sampler, got 5"),
+    "start step past the steps": (["transfer", "{photo}", *_CK, "--colormap", "viridis", "--sampler", "ddim",
+                                   "--steps", "4", "--start-step", "4"],
+                                  "dequant-edit transfer: error: --sampler/--steps/--start-step/--guidance: "
+                                  "start_step must lie in [0, steps=4), got 4"),
+    "negative start step": (["transfer", "{photo}", *_CK, "--colormap", "viridis", "--start-step=-1"],
+                            "dequant-edit transfer: error: argument --start-step: expected a non-negative integer, "
+                            "got -1"),
+    "negative guidance": (["recolor", "{photo}", *_CK, "--point", "1,1", "--color", "#fff", "--guidance=-1"],
+                          "dequant-edit recolor: error: --sampler/--steps/--start-step/--guidance: guidance must be "
+                          ">= 0, got -1.0"),
+    "too many colors": (["quantize", "{photo}", "-n", "300"],
+                        "dequant-edit quantize: error: -n must be at most 256, got 300"),
+    "zero colors": (["quantize", "{photo}", "-n", "0"],
+                    "dequant-edit quantize: error: argument -n/--colors: expected a positive integer, got 0"),
+    "two targets": (["transfer", "{photo}", *_CK, "--colormap", "viridis", "--palette", "#fff"],
+                    "dequant-edit transfer: error: argument --palette: not allowed with argument --colormap"),
+    "no target": (["transfer", "{photo}", *_CK],
+                  "dequant-edit transfer: error: one of the arguments --palette --palette-from --colormap is "
+                  "required"),
+    "no checkpoint": (["transfer", "{photo}", "--colormap", "viridis"],
+                      "dequant-edit transfer: error: the following arguments are required: --ckpt"),
+    "unknown resolution": (["transfer", "{photo}", *_CK, "--colormap", "viridis", "--resolution", "full"],
+                           "dequant-edit transfer: error: argument --resolution: invalid choice: 'full' (choose "
+                           "from 'native', 'train')"),
+    "tile off the unet's multiple": (["transfer", "{photo}", *_CK, "--colormap", "viridis", "--tile", "15"],
+                                     "dequant-edit transfer: error: --tile 15: must be a multiple of the model's "
+                                     "downsampling factor 2"),
+    "zero tile": (["recolor", "{photo}", *_CK, "--point", "1,1", "--color", "#fff", "--tile", "0"],
+                  "dequant-edit recolor: error: argument --tile: expected a positive integer, got 0"),
+    "max side at train resolution": (["transfer", "{photo}", *_CK, "--colormap", "viridis", "--resolution",
+                                      "train", "--max-side", "512"],
+                                     "dequant-edit transfer: error: --max-side only applies to --resolution native, "
+                                     "got --resolution train"),
+    "zero max side": (["transfer", "{photo}", *_CK, "--colormap", "viridis", "--max-side", "0"],
+                      "dequant-edit transfer: error: argument --max-side: expected a positive integer, got 0"),
+    "typo in an option": (["quantize", "{photo}", "--colours", "4"],
+                          "dequant-edit: error: unrecognized arguments: --colours 4"),
+    "output folder under a file": (["quantize", "{photo}", "-o", "{tmp}/blocker/out/q.png"],
+                                   "dequant-edit quantize: error: -o '{tmp}/blocker/out/q.png': folder "
+                                   "'{tmp}/blocker/out' cannot be made: '{tmp}/blocker' is a file"),
+    "output format": (["quantize", "{photo}", "-o", "{tmp}/out/q.gif"],
+                      "dequant-edit quantize: error: -o must end in one of ['.png', '.jpg', '.jpeg', '.bmp', '.webp', "
+                      "'.tif', '.tiff'], got '{tmp}/out/q.gif'"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tiny_ckpt: Path, tiny_photos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The files the bad-input cases name: a 72x48 photo, a broken JPEG, masks, foreign checkpoints."""
+    tmp = tmp_path_factory.mktemp("edit_bad_input")
     photo = tiny_photos[0]
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
-    small_mask = tmp_path / "small_mask.png"
-    save_rgb(torch.ones(3, 8, 8), small_mask)
-    black_mask = tmp_path / "black_mask.png"
-    save_rgb(torch.zeros_like(load_rgb(photo)), black_mask)
-    plain, other_arch, text = _foreign_checkpoints(tiny_ckpt, tmp_path)
-    ck = ["--ckpt", tiny_ckpt]
-    cases = {
-        "unreadable photo": ["transfer", broken, *ck, "--colormap", "viridis"],
-        "missing photo": ["recolor", tmp_path / "nope.png", *ck, "--point", "1,1", "--color", "#fff"],
-        "malformed hex palette": ["transfer", photo, *ck, "--palette", "#264653,#2a9d8g"],
-        "malformed hex color": ["recolor", photo, *ck, "--point", "1,1", "--color", "red"],
-        "two colors": ["recolor", photo, *ck, "--point", "1,1", "--color", "#fff,#000"],
-        "unknown colormap": ["transfer", photo, *ck, "--colormap", "no_such_map"],
-        "unreadable palette image": ["transfer", photo, *ck, "--palette-from", broken],
-        "mask of another size": ["recolor", photo, *ck, "--mask", small_mask, "--color", "#fff"],
-        "empty mask": ["recolor", photo, *ck, "--mask", black_mask, "--color", "#fff"],
-        "point outside": ["recolor", photo, *ck, "--point", "72,3", "--color", "#fff"],
-        "negative point": ["recolor", photo, *ck, "--point=-1,3", "--color", "#fff"],
-        "malformed point": ["recolor", photo, *ck, "--point", "3", "--color", "#fff"],
-        "foreign checkpoint": ["transfer", photo, "--ckpt", plain, "--colormap", "viridis"],
-        "another architecture": ["transfer", photo, "--ckpt", other_arch, "--colormap", "viridis"],
-        "not a checkpoint": ["transfer", photo, "--ckpt", text, "--colormap", "viridis"],
-        "missing checkpoint": ["transfer", photo, "--ckpt", tmp_path / "none.ckpt", "--colormap", "viridis"],
-        "cue of another checkpoint": ["transfer", photo, *ck, "--cue", "L", "--colormap", "viridis"],
-        "steps the sampler refuses": ["transfer", photo, *ck, "--colormap", "viridis", "--sampler", "ddpm_super27",
-                                      "--steps", "5"],
-        "start step past the steps": ["transfer", photo, *ck, "--colormap", "viridis", "--sampler", "ddim",
-                                      "--steps", "4", "--start-step", "4"],
-        "negative start step": ["transfer", photo, *ck, "--colormap", "viridis", "--start-step=-1"],
-        "negative guidance": ["recolor", photo, *ck, "--point", "1,1", "--color", "#fff", "--guidance=-1"],
-        "too many colors": ["quantize", photo, "-n", "300"],
-        "zero colors": ["quantize", photo, "-n", "0"],
-        "two targets": ["transfer", photo, *ck, "--colormap", "viridis", "--palette", "#fff"],
-        "no target": ["transfer", photo, *ck],
-        "no checkpoint": ["transfer", photo, "--colormap", "viridis"],
-        "unknown resolution": ["transfer", photo, *ck, "--colormap", "viridis", "--resolution", "full"],
-        "tile off the unet's multiple": ["transfer", photo, *ck, "--colormap", "viridis", "--tile", "15"],
-        "zero tile": ["recolor", photo, *ck, "--point", "1,1", "--color", "#fff", "--tile", "0"],
-        "max side at train resolution": ["transfer", photo, *ck, "--colormap", "viridis", "--resolution", "train",
-                                         "--max-side", "512"],
-        "zero max side": ["transfer", photo, *ck, "--colormap", "viridis", "--max-side", "0"],
-    }
-    for name, argv in cases.items():
-        out = tmp_path / "out" / f"{name.replace(' ', '_')}.png"
-        code = exit_code([*argv, "-o", out])
-        _, err = capsys.readouterr()
-        assert code == 2, name
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and "error:" in lines[0], (name, err)
-        assert not out.exists() and not palette_path(out).exists(), name
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-    code, _, err = run(capsys, "quantize", photo, "-o", tmp_path / "q.gif")
-    assert code == 2 and "-o must end" in err and not (tmp_path / "q.gif").exists()
+    (tmp / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (tmp / "blocker").write_text("a file, not a folder")
+    save_rgb(torch.ones(3, 8, 8), tmp / "small_mask.png")
+    save_rgb(torch.zeros_like(load_rgb(photo)), tmp / "black_mask.png")
+    for path in _foreign_checkpoints(tiny_ckpt, tmp):
+        assert path.parent == tmp
+    return {"tmp": tmp, "photo": photo, "ckpt": tiny_ckpt}
+
+
+@pytest.mark.parametrize("case", list(EDIT_ERRORS))
+def test_every_bad_input_is_its_one_line_exit_2_and_writes_nothing(case: str, bad_inputs: dict[str, Path],
+                                                                   capsys) -> None:
+    argv, expected = EDIT_ERRORS[case]
+    argv = [a.format(**bad_inputs) for a in argv]
+    out = bad_inputs["tmp"] / "out" / f"{case.replace(' ', '_')}.png"
+    if "-o" not in argv:
+        argv += ["-o", str(out)]
+    code = exit_code(argv)
+    _, err = capsys.readouterr()
+    assert code == 2
+    line = err.strip()
+    if isinstance(expected, re.Pattern):
+        pattern = re.compile(expected.pattern.replace(re.escape("{tmp}"), re.escape(str(bad_inputs["tmp"]))))
+        assert pattern.fullmatch(line), line
+    else:
+        assert line == expected.format(**bad_inputs)
+    written = bad_inputs["tmp"] / "out"
+    assert not written.exists() or not any(written.iterdir()), sorted(written.iterdir())
+    assert not (bad_inputs["tmp"] / "blocker").is_dir()
+
+
+def _documented_edit_errors() -> list[str]:
+    """The `error: ...` lines that docs/robustness.md quotes for dequant-edit (its Bad input table, `edit` rows)."""
+    found = []
+    for row in (ROOT / "docs" / "robustness.md").read_text().splitlines():
+        cells = [c.strip() for c in row.split("|")]
+        if len(cells) > 3 and "edit" in cells[2].split(" / "):
+            found += [m for m in re.findall(r"`([^`]*)`", cells[3]) if re.match(r"(dequant-edit[^:]*: )?error: ", m)]
+    return found
+
+
+def _doc_pattern(message: str) -> re.Pattern:
+    """A documented line as a pattern: `<...>` stands for a value, `...` for elided words; a line quoted from
+    `error:` on stands for any `dequant-edit <command>: error: ...`."""
+    parts = re.split(r"(<[^>]+>|\.\.\.)", message)
+    body = "".join(".+?" if p.startswith("<") else ".*" if p == "..." else re.escape(p) for p in parts)
+    return re.compile(body if message.startswith("dequant-edit") else r"dequant-edit \w+: " + body)
+
+
+def test_the_documented_edit_errors_are_these(bad_inputs: dict[str, Path]) -> None:
+    """Every dequant-edit error line docs/robustness.md quotes is one that the test above asserts."""
+    documented = _documented_edit_errors()
+    assert len(documented) >= 12, documented  # the table was read
+    tested = [e.format(**bad_inputs) if isinstance(e, str) else e.pattern for _, e in EDIT_ERRORS.values()]
+    orphans = [m for m in documented if not any(_doc_pattern(m).fullmatch(line) for line in tested)]
+    assert orphans == [], f"docs/robustness.md quotes dequant-edit errors no test asserts: {orphans}"
 
 
 def test_console_script_and_module_entry_points(tiny_photos, tmp_path, capsys) -> None:

@@ -336,12 +336,7 @@ def test_optuna_sweep_runs_two_trials(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_failing_job_does_not_stop_the_next_and_leaves_no_wandb_run(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    for var, value in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"), ("WANDB_DIR", str(tmp_path)),
-                       ("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config")),
-                       ("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))):
-        monkeypatch.setenv(var, value)
+def test_a_failing_job_does_not_stop_the_next_and_leaves_no_wandb_run(tmp_path: Path, wandb_offline) -> None:
     # Job 0 fails inside fit, after its W&B run started (a 33 px crop does not fit the UNet's skips); job 1 works.
     code = _multirun("cue_modes", [*TINY, "cond=T", "data.example.crop_size=33,32", "sweep.evaluate=false",
                                    "logger=wandb", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
@@ -352,9 +347,6 @@ def test_a_failing_job_does_not_stop_the_next_and_leaves_no_wandb_run(tmp_path: 
     assert done["status"] == "completed" and (tmp_path / "sweep" / "1" / "checkpoints" / "last.ckpt").is_file()
     assert failed["wandb_id"] and done["wandb_id"] and failed["wandb_id"] != done["wandb_id"]
     assert (tmp_path / "sweep" / "1" / "wandb_run_id.txt").read_text() == done["wandb_id"]
-    import wandb
-
-    assert wandb.run is None  # the failed job's run was finished, not inherited by the next job
+    assert wandb_offline.run is None  # the failed job's run was finished, not inherited by the next job
     report = (tmp_path / "sweep" / "sweep_report.md").read_text()
     assert "| 0 | failed | T | 33 |" in report and "| 1 | completed | T | 32 |" in report
-    wandb.teardown()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +88,7 @@ def test_resume_continues_at_the_same_step_with_the_same_weights(tmp_path: Path)
     b = _ema_state(tmp_path / "split" / "checkpoints" / "last.ckpt")
     assert a and a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+        assert torch.equal(a[k], b[k]), k  # bit for bit (docs/robustness.md)
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
@@ -99,28 +99,10 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
 
 def test_empty_glob_fails_before_training(tmp_path: Path) -> None:
     pattern = str(tmp_path / "nothing" / "*.png")
-    with pytest.raises(ValueError, match="nothing"):
+    with pytest.raises(ValueError, match=f"^paths entry '{re.escape(pattern)}': the glob pattern matches no image "
+                                         "files$"):
         train(fast(tmp_path / "run", f"data.paths='{pattern}'"))
     assert not (tmp_path / "run" / "checkpoints").exists()
-
-
-@pytest.mark.slow
-def test_ddp_cpu_two_processes(tmp_path: Path) -> None:
-    log = tmp_path / "metric_log.jsonl"
-    cmd = [sys.executable, "train.py", "experiment=tiny", "trainer=ddp_cpu", "trainer.devices=2",
-           "trainer.max_steps=4", "sampler=ddim", "sampler.steps=2", "data.n_val=2", f"hydra.run.dir={tmp_path}",
-           "+callbacks.metric_log._target_=dequant.callbacks.MetricLog", f"+callbacks.metric_log.path={log}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
-    # Both ranks validate the same fixed examples and log the same numbers (no sync needed, none done).
-    ranks = [json.loads(line) for path in (log, log.with_name(log.name + ".rank1"))
-             for line in path.read_text().splitlines()]
-    assert len(ranks) == 2 and ranks[0]["step"] == ranks[1]["step"] == 4
-    keys = {"val/loss", "val/psnr", "val/ssim", "val/l1", "val/texture_corr"}
-    assert keys <= ranks[0]["metrics"].keys(), ranks[0]
-    assert {k: ranks[0]["metrics"][k] for k in keys} == {k: ranks[1]["metrics"][k] for k in keys}
 
 
 def test_no_logger_and_no_progress_bar(tmp_path: Path) -> None:
@@ -128,18 +110,15 @@ def test_no_logger_and_no_progress_bar(tmp_path: Path) -> None:
     assert result["global_step"] == 2 and (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
-def test_wandb_offline_resume_continues_the_same_run(tmp_path: Path) -> None:
+def test_wandb_offline_resume_continues_the_same_run(tmp_path: Path, wandb_offline) -> None:
     wandb = ("logger=wandb", "logger.wandb.offline=true", "~callbacks.progress_bar")
     train(fast(tmp_path, *wandb))
     run_id = (tmp_path / "wandb_run_id.txt").read_text().strip()
     assert run_id and run_id != "None"
-    import wandb as wandb_lib
-
-    wandb_lib.finish()  # as when the process ends: the resumed run must find its id in the run folder
+    wandb_offline.finish()  # as when the process ends: the resumed run must find its id in the run folder
     result = train(fast(tmp_path, *wandb, "trainer.max_steps=3", "ckpt_path=last"))
     assert result["global_step"] == 3
-    assert wandb_lib.run is not None and wandb_lib.run.id == run_id
-    wandb_lib.finish()
+    assert wandb_offline.run is not None and wandb_offline.run.id == run_id
 
 
 def test_last_checkpoint_holds_the_final_step_between_periodic_saves(tmp_path: Path) -> None:

@@ -322,22 +322,30 @@ class PreemptionCheckpoint(Callback):
 
 
 class InjectFaults(Callback):
-    """Fault injection for tests: NaN in the batch of the given steps, or +inf in one gradient at the given steps.
+    """Fault injection for tests: NaN in the batch of the given steps, +inf in one gradient at the given steps, or a
+    signal sent to this process when the given step starts.
 
     Steps are optimizer-step indices from 0 (the value of `trainer.global_step` while that step runs).
     """
 
-    def __init__(self, nan_batch_steps: Iterable[int] = (), inf_grad_steps: Iterable[int] = ()) -> None:
+    def __init__(self, nan_batch_steps: Iterable[int] = (), inf_grad_steps: Iterable[int] = (),
+                 signal_at_step: int | None = None, signal_name: str = "SIGINT") -> None:
         self.nan_batch_steps = {int(s) for s in nan_batch_steps}
         self.inf_grad_steps = {int(s) for s in inf_grad_steps}
+        self.signal_at_step = None if signal_at_step is None else int(signal_at_step)
+        self.signal = _signal_number(signal_name)
         self.injected: list[tuple[int, str]] = []
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        """Overwrite the batch's target with NaN at the chosen steps (in place: the module gets the same tensors)."""
+        """Overwrite the batch's target with NaN at the chosen steps (in place: the module gets the same tensors);
+        send the signal at its step."""
         if trainer.global_step in self.nan_batch_steps:
             batch["target"].fill_(float("nan"))
             self.injected.append((trainer.global_step, "nan_batch"))
+        if trainer.global_step == self.signal_at_step:
+            self.injected.append((trainer.global_step, self.signal.name))
+            os.kill(os.getpid(), self.signal)
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Set one gradient entry to +inf at the chosen steps."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,8 @@ def trainer_plugins(plugins: list[Any]) -> list[Any]:
     `hpc_ckpt` inside the signal handler, mid-step, and call `scontrol requeue` itself, racing with the callback and
     with submitit's requeue).
     """
-    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    # `trainer.plugins` from the config arrives as a ListConfig of instances: a sequence like a list.
+    plugins = list(plugins) if isinstance(plugins, Sequence) and not isinstance(plugins, str) else [plugins]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
     if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):

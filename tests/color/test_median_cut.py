@@ -59,7 +59,8 @@ def images(draw):
     return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
-@settings(max_examples=80)  # tiny images: many draws cost about a second
+# Tiny images: many draws cost about a second; a profile that asks for more (explore: 1500) gets more.
+@settings(max_examples=max(80, settings.default.max_examples))
 @given(u8=images(), n_colors=st.integers(1, 256))
 def test_random_images_match_pillow(u8, n_colors):
     assert_same_as_pillow(u8, n_colors)
@@ -120,7 +121,7 @@ def test_without_numba_auto_falls_back_to_numpy_and_numba_is_a_clear_error(monke
         median_cut(u8, 8, backend="numba")
 
 
-@settings(max_examples=30)
+@settings(max_examples=max(30, settings.default.max_examples))
 @given(u8=images(), n_colors=st.integers(1, 256))
 def test_planes_give_the_same_palette_and_index(u8, n_colors):
     from dequant.color.median_cut import median_cut_planes

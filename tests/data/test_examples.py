@@ -318,21 +318,56 @@ def test_image_segmentation_mask_follows_crop_and_flip(photo):
 # ------------------------------------------------------------------------------------ the same examples as before
 
 
+def _gray(chw: np.ndarray, method: str) -> np.ndarray:
+    """The three gray conversions as SPEC 1.3 defines them: BT.601 luma (OpenCV's weights), CIELab L / 100, mean."""
+    from dequant.color.colorspace import rgb_to_lab
+
+    if method == "opencv":
+        gray = np.tensordot(np.array([0.299, 0.587, 0.114], dtype=np.float32), chw, axes=1)
+    elif method == "lab_l":
+        gray = (rgb_to_lab(torch.from_numpy(chw))[0] / 100.0).numpy()
+    else:
+        assert method == "mean", method
+        gray = chw.mean(axis=0)
+    return np.repeat(np.clip(gray, 0.0, 1.0).astype(np.float32)[None], 3, axis=0)
+
+
+def _saturation(chw: np.ndarray, factor: float) -> np.ndarray:
+    """HSV saturation times `factor`, clipped (OpenCV's HSV)."""
+    import cv2
+
+    hsv = cv2.cvtColor(np.ascontiguousarray(chw.transpose(1, 2, 0)), cv2.COLOR_RGB2HSV)
+    hsv[..., 1] = np.clip(hsv[..., 1] * factor, 0.0, 1.0)
+    return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0.0, 1.0).transpose(2, 0, 1)
+
+
 def _reference_example(maker: ExampleMaker, image: torch.Tensor, rng: np.random.Generator, eval_mode: bool,
                        cache: dict) -> dict:
     """The example as the maker made it before it worked on its own numpy arrays (issue 10): every stage through
-    the validated torch functions (quantize, patch_mask, fill_mask, texture cue, hint), the rescale clipped whole."""
+    the validated torch functions (quantize, patch_mask, fill_mask, texture cue, hint) and the tested resize
+    (`dequant.data.resize`), the rescale clipped whole; the cap, the small-image path, gray and saturation written
+    out here, not taken from the maker. Only the cut from a cached whole-image segmentation is the maker's own
+    (`maker._labels`, checked against its own segmentation by the two image-segmentation tests above)."""
     from dequant.color.hint import fill_mask, hint
     from dequant.color.masks import patch_mask
-    from dequant.data.examples import GRAY_METHODS, _image_array, _scale_saturation, _to_gray
+    from dequant.data.examples import GRAY_METHODS
     from dequant.data.resize import resize_array, short_side_size
 
-    chw = source = maker._fit(_image_array(image))
+    chw = image.numpy().astype(np.float32)
     s = maker.crop_size
+    h, w = chw.shape[1:]
+    if maker.max_short_side is not None and min(h, w) > maker.max_short_side:
+        chw = resize_array(chw, *short_side_size(h, w, maker.max_short_side))
+    source = chw
     h, w = chw.shape[1:]
     meta: dict = {"source_size": tuple(image.shape[1:])}
     if min(h, w) < s:
-        chw, meta["short_side"], meta["small"] = maker._small(chw), s, True
+        if maker.small_image == "upscale":
+            chw = resize_array(chw, *short_side_size(h, w, s))
+        else:
+            ph, pw = max(s - h, 0), max(s - w, 0)
+            chw = np.pad(chw, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
+        meta["short_side"], meta["small"] = s, True
     else:
         short = int(rng.integers(s, min(h, w) + 1))
         chw, meta["short_side"], meta["small"] = resize_array(chw, *short_side_size(h, w, short)), short, False
@@ -348,11 +383,11 @@ def _reference_example(maker: ExampleMaker, image: torch.Tensor, rng: np.random.
     meta["gray"] = None
     if rng.random() < maker.p_gray:
         meta["gray"] = GRAY_METHODS[int(rng.integers(len(GRAY_METHODS)))]
-        chw = _to_gray(chw, meta["gray"])
+        chw = _gray(chw, meta["gray"])
     meta["saturation"] = None
     if rng.random() < maker.p_saturation:
         meta["saturation"] = float(rng.uniform(0.0, 2.0))
-        chw = _scale_saturation(chw, meta["saturation"])
+        chw = _saturation(chw, meta["saturation"])
     target = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))
 
     n_colors = int(maker.palette_sizes.sample(rng))
@@ -383,7 +418,7 @@ def _reference_example(maker: ExampleMaker, image: torch.Tensor, rng: np.random.
 @pytest.mark.parametrize("config", [
     {"p_superpixel": 0.5, "p_gray": 0.3, "p_saturation": 0.3},
     {"segment_source": "image", "segment_max_side": None, "cue": TextureCue(mode="G", g_neutral=0.0)},
-    {"cue": TextureCue(mode="L"), "p_superpixel": 0.0, "segmenters": ("slic",)},
+    {"cue": TextureCue(mode="L"), "p_superpixel": 0.0, "segmenters": ("slic",), "small_image": "pad"},
     {"cue": TextureCue(mode="none"), "quantizer": Quantizer("kmeans"), "p_superpixel": 0.3},
     {"cue": TextureCue(threshold=7.9999999), "segment_max_side": 16, "max_short_side": 40},
 ])

@@ -3,6 +3,8 @@ checkpoints that remember their formulation, and checkpoints from before formula
 
 from __future__ import annotations
 
+import re
+
 import lightning as L
 import pytest
 import torch
@@ -240,15 +242,24 @@ def test_zero_init_needs_a_net_with_a_last_layer_to_zero():
         DequantModule(_Oracle(_clean(), lambda *a: None), formulation="bridge", sampler="bridge")
 
 
-@pytest.mark.parametrize("kwargs", [dict(predictor_loss="l3"), dict(residual_scale=0.0), dict(refiner_weight=-1)])
-def test_residual_arguments_are_checked(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(predictor_loss="l3"), "predictor_loss must be one of ['l2', 'l1', 'log_l2'], got 'l3'"),
+    (dict(residual_scale=0.0), "residual_scale must be > 0, got 0.0"),
+    (dict(refiner_weight=-1), "refiner_weight must be >= 0, got -1"),
+])
+def test_residual_arguments_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         ResidualFormulation(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(loss="huber"), dict(sigma=-0.1), dict(p_endpoint=1.5), dict(grad_weight=-1)])
-def test_bridge_arguments_are_checked(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(loss="huber"), "loss must be one of ['l2', 'l1', 'log_l2'], got 'huber'"),
+    (dict(sigma=-0.1), "sigma must be >= 0, got -0.1"),
+    (dict(p_endpoint=1.5), "p_endpoint must lie in [0, 1], got 1.5"),
+    (dict(grad_weight=-1), "grad_weight must be a finite number >= 0, got -1"),
+])
+def test_bridge_arguments_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         BridgeFormulation(**kwargs)
 
 

@@ -18,6 +18,8 @@ PROG = "dequant-app"
 LOCAL_HOST = "127.0.0.1"
 # Bytes an upload may have (a 20 MP photo as PNG stays well under it); Gradio refuses larger ones unread.
 MAX_FILE_SIZE = "100mb"
+# Gradio's request queue: one event of the page at a time (renders also carry concurrency_limit=1, page.build).
+QUEUE = {"default_concurrency_limit": 1}
 
 
 def _positive_float(text: str) -> float:
@@ -71,6 +73,22 @@ def make_page(args: argparse.Namespace):  # noqa: ANN201 - returns a gradio Bloc
     return page, build(page)
 
 
+def launch_settings(args: argparse.Namespace) -> dict:
+    """The keyword arguments `dequant-app` gives Gradio's `launch()`: the address, the upload size cap, no error
+    details, no server-side rendering, no favicon, footer links, PWA or MCP server, and (through what is left out)
+    no `allowed_paths`: nothing outside Gradio's upload and cache folders is served."""
+    return {"server_name": args.host, "server_port": args.port, "max_file_size": MAX_FILE_SIZE, "show_error": False,
+            "ssr_mode": False, "favicon_path": None, "footer_links": [], "pwa": False, "mcp_server": False,
+            "quiet": False}
+
+
+def serve(demo, args: argparse.Namespace, block: bool = True) -> None:  # noqa: ANN001 - a gradio Blocks
+    """Start the page as `dequant-app` does: its queue, then `launch()` with `launch_settings(args)`; with
+    `block=False` it returns once the server listens (tests stop it with `demo.close()`)."""
+    demo.queue(**QUEUE)
+    demo.launch(**launch_settings(args), prevent_thread_lock=not block)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script `dequant-app`; returns the exit code (2 on bad arguments or a checkpoint that cannot load)."""
     from dequant.edit import one_line
@@ -89,7 +107,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.host != LOCAL_HOST:
         print(f"{PROG}: warning: listening on {args.host}: anyone who can reach this machine on port {args.port} "
               "can use the page and the model", file=sys.stderr)
-    demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE, show_error=False,
-                ssr_mode=False, favicon_path=None, footer_links=[], pwa=False, mcp_server=False, quiet=False)
+    serve(demo, args)
     return 0

@@ -231,11 +231,15 @@ class DequantModule(L.LightningModule):
         """Step the optimizer, then the EMA: once per optimizer step (not per micro-batch under accumulation).
 
         Done here rather than in `on_train_batch_end` because callbacks (checkpointing) see a batch's end before the
-        module does, and a checkpoint must hold the EMA of the weights it holds. A skipped (non-finite) step leaves
-        the EMA alone too.
+        module does, and a checkpoint must hold the EMA of the weights it holds. A skipped step (non-finite, or an
+        overflow that the GradScaler skipped) leaves the EMA alone too.
         """
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scale = scaler.get_scale() if scaler is not None else None
         super().optimizer_step(*args, **kwargs)
-        if self.ema is not None and not self._step_skipped:
+        # Under a GradScaler (16-mixed) an overflowing step is skipped by the scaler, which then lowers its scale.
+        skipped = self._step_skipped or (scale is not None and scaler.get_scale() < scale)
+        if self.ema is not None and not skipped:
             self.ema.update(self.net.trainable_module())
 
     def configure_optimizers(self) -> dict:
@@ -301,7 +305,7 @@ class DequantModule(L.LightningModule):
                 output[palette_rows], torch.stack([ix for _, ix in pairs]), [p for p, _ in pairs]
             )
         # No sync needed: every rank validates the same fixed examples (DequantDataModule.val_dataloader), so every
-        # rank logs the same values (tests/test_train.py::test_ddp_cpu_two_processes checks it). A per-step sync
+        # rank logs the same values (tests/test_ddp_faults.py checks it). A per-step sync
         # could even hang, as only palette-mode batches have palette_de2000.
         for name, v in values.items():
             self.log(f"val/{name}", v.mean(), batch_size=v.numel())
