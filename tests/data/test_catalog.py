@@ -138,3 +138,25 @@ def test_datamodule_saves_the_listing_and_reuses_it_on_resume(tmp_path, monkeypa
     again.setup()  # the resume: the saved listing, no walk of the folder
     assert not calls and again.split == first.split
     assert np.array_equal(again.positions["train"], first.positions["train"])
+
+
+def test_other_ranks_take_rank_zeros_listing_or_its_error(tmp_path, monkeypatch):
+    # Rank 1 neither lists nor waits when an entry names nothing or when rank 0's listing failed: one line, at once.
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from dequant.data.datamodule import DequantDataModule
+    from dequant.data.examples import ExampleMaker
+
+    from tests.data.test_datamodule import _write_images
+
+    _write_images(tmp_path / "photos", 4)
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    make = lambda paths: DequantDataModule(paths, ExampleMaker(crop_size=16), n_val=1, n_test=1,  # noqa: E731
+                                           listing_file=run / "listing.npz", listing_wait_s=600)
+    with pytest.raises(ValueError, match="matches no image files"):
+        make(str(tmp_path / "nothing" / "*.png")).setup()
+    (run / "listing.npz.error").write_text("paths entry 'x': the folder holds no image files\n")
+    with pytest.raises(ValueError, match="the folder holds no image files"):
+        make(str(tmp_path / "photos")).setup()

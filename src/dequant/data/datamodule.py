@@ -55,7 +55,8 @@ from dequant.color._checks import check_choice
 from dequant.data.catalog import SPLIT_METHODS, PathList, list_photos, load_listing, save_listing, spec_text, \
     split_positions
 from dequant.data.examples import ExampleMaker
-from dequant.data.io import EncodedJpeg, ImageLoadError, load_rgb, save_split
+from dequant.atomic import write_text
+from dequant.data.io import EncodedJpeg, ImageLoadError, check_paths, load_rgb, save_split
 from dequant.data.shards import ShardCatalog
 
 log = logging.getLogger(__name__)
@@ -483,19 +484,29 @@ class DequantDataModule(LightningDataModule):
             self._listing_made = True
             return list_photos(self.paths)
         listing = load_listing(self.listing_file, spec)
+        failed = self.listing_file.with_name(self.listing_file.name + ".error")
         if listing is None and rank_zero_only.rank != 0:
+            check_paths(self.paths)  # a bad entry fails here too, without waiting for rank 0
             deadline = time.monotonic() + self.listing_wait_s
             while listing is None and time.monotonic() < deadline:
+                if failed.is_file():
+                    raise ValueError(failed.read_text().strip())
                 time.sleep(1.0)
                 listing = load_listing(self.listing_file, spec)
         if listing is not None:
             log.info("photos: %d, from the saved listing %s", len(listing), self.listing_file)
             return listing
         start = time.monotonic()
-        listing = list_photos(self.paths)
+        if rank_zero_only.rank != 0:
+            return list_photos(self.paths)
+        failed.unlink(missing_ok=True)
+        try:
+            listing = list_photos(self.paths)
+        except ValueError as err:
+            write_text(failed, f"{err}\n")  # the other ranks stop with the same line instead of waiting
+            raise
         self._listing_made = True
-        if rank_zero_only.rank == 0:
-            save_listing(listing, spec, self.listing_file)
+        save_listing(listing, spec, self.listing_file)
         log.info("photos: %d, listed in %.1f s (saved to %s)", len(listing), time.monotonic() - start,
                  self.listing_file)
         return listing

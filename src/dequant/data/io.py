@@ -139,6 +139,26 @@ def list_image_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> 
     return sorted(unique.items())
 
 
+def check_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
+    """The errors `list_image_files` would raise for an entry that names nothing (a glob without a match, a missing
+    file or folder), found without listing everything (the first match of each entry is enough)."""
+    entries = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    if not isinstance(entries, Sequence) or isinstance(entries, bytes) or len(entries) == 0:
+        list_image_files(paths)  # words the error
+        return
+    for entry in entries:
+        text = os.fspath(entry) if isinstance(entry, (str, os.PathLike)) else entry
+        if not isinstance(text, str) or not text:
+            list_image_files([entry])  # words the error
+            continue
+        expanded = os.path.expanduser(text)
+        if any(c in _GLOB_CHARS for c in expanded):
+            if next(glob.iglob(expanded, recursive=True), None) is None:
+                raise ValueError(f"paths entry {text!r}: the glob pattern matches no image files")
+        elif not os.path.exists(expanded):
+            raise ValueError(f"paths entry {text!r}: no such file or folder")
+
+
 def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """Image files named by `paths` (glob patterns, folders searched recursively, files): sorted, de-duplicated."""
     return [Path(f) for f, _ in list_image_files(paths)]
