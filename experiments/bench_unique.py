@@ -141,6 +141,14 @@ def rate(setup: str, folder: Path, n: int, p_patch: float | None = None, url: Pa
     return n / (time.process_time() - start)
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (dequant-prepare's pool)."""
+    import resource
+
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
 def _rss_child(kind: str, n_paths: int, workers: int, out: Path) -> None:
     """In a fresh process: hold n_paths paths as `kind`, start `workers` DataLoader workers that each read every path,
     and write each worker's unique memory before and after (MB) to `out`."""
@@ -230,17 +238,17 @@ def main(argv: list[str] | None = None) -> None:
                 shard_dir = shard_dirs[cap] = work / f"shards_{label}_{cap}"
                 if not (shard_dir / "dataset.json").is_file():
                     start = time.monotonic()
+                    cpu = _cpu_seconds()
                     # Shards small enough that every core has some (a real data set has thousands).
                     per = max(1, n // (4 * (os.cpu_count() or 1)))
                     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
                         prepare_main([str(folder), "--out", str(shard_dir), "--experiment", "paper_256",
                                       "--max-short-side", str(cap), "--workers", str(os.cpu_count() or 1),
                                       "--shard-photos", str(per)])
-                    wall = time.monotonic() - start
-                    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+                    wall, cpu = time.monotonic() - start, _cpu_seconds() - cpu
                     (shard_dir / "bench_note.txt").write_text(
-                        f"{label}: dequant-prepare --max-short-side {cap} took {wall:.0f} s on {os.cpu_count()} "
-                        f"cores ({wall * (os.cpu_count() or 1) / n:.1f} core-s per photo; load average {load:.1f})")
+                        f"{label}: dequant-prepare --max-short-side {cap}: {cpu / n:.1f} CPU-s per photo ({wall:.0f} s "
+                        f"wall on {os.cpu_count()} shared cores for {n} photos)")
                 notes.append((shard_dir / "bench_note.txt").read_text())
                 shard_mb = sum(f.stat().st_size for f in shard_dir.glob("shard-*.tar")) / n / 1e6
                 notes.append(f"{label}: {shard_mb:.2f} MB per photo in the shards at cap {cap} (the capped photo "
@@ -258,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                     per_mode[mode] = rate(kind, folder, count, p_patch, url=shard_dirs.get(cap))
                 target = None if "reference" in setup else TARGETS.get((label, kind.split(",")[0]))
                 met = "" if target is None else (" (met)" if per_mode["mix"] >= target else " (not met)")
-                cell = lambda m: f"{per_mode[m]:.1f}" if m in per_mode else "-"  # noqa: E731
+                cell = lambda m: f"{per_mode[m]:.3g}" if m in per_mode else "-"  # noqa: E731
                 rows.append(f"| {label} | {setup} | {cell('mix')} | {cell('palette')} | {cell('patch')} | "
                             f"{'' if target is None else f'at least {target}'}{met} |")
                 print(rows[-1], flush=True)
