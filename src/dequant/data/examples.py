@@ -274,7 +274,8 @@ class ExampleMaker:
     def _augment_encoded(self, photo: EncodedJpeg, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         """The rescale, crop and flip of `_augment` for a JPEG not yet decoded: the same draws, and only the crop's
         pixels resampled, with the same filter as the full path (bicubic from the whole-resolution decode when
-        shrinking by at most 2x, else area averaging from the smallest DCT scale that covers the drawn scale)."""
+        shrinking by at most 2x, else area averaging from the smallest DCT scale at least `dct_margin` times the
+        drawn scale)."""
         s = self.crop_size
         h0, w0 = photo.height, photo.width
         h, w = self._capped_size(h0, w0)
