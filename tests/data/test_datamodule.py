@@ -20,12 +20,13 @@ from dequant.data.palette_sizes import FixedPaletteSize
 CROP = 16
 
 
-def _write_images(folder: Path, n: int, size=(24, 30)) -> list[Path]:
-    """n small smooth color images (a few blobs each) as PNGs."""
+def _write_images(folder: Path, n: int, size=(24, 30), name: str = "img_{i:02d}.png", seed: int = 123) -> list[Path]:
+    """n small smooth color images (a few blobs each), named by `name` (its suffix picks the format; it may hold a
+    subfolder)."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(123)
+    rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[: size[0], : size[1]]
     paths = []
     for i in range(n):
@@ -33,8 +34,9 @@ def _write_images(folder: Path, n: int, size=(24, 30)) -> list[Path]:
         for _ in range(3):
             cy, cx, r = rng.uniform(0, size[0]), rng.uniform(0, size[1]), rng.uniform(4, 10)
             img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)[..., None] * rng.uniform(0, 1, 3)
-        path = folder / f"img_{i:02d}.png"
-        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(path)
+        path = folder / name.format(i=i, half=i % 2)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(path, quality=95)
         paths.append(path)
     return paths
 

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
-from PIL import Image
 
 from dequant.data import shards as fmt
 from dequant.data.datamodule import DequantDataModule
 from dequant.data.examples import ExampleMaker
 from dequant.data.palette_sizes import FixedPaletteSize
 from dequant.prepare import main as prepare_main
+
+from tests.data.test_datamodule import _write_images
 
 CROP = 16
 # The prepare command's view of the training config: these make the same ExampleMaker as _maker() below.
@@ -32,20 +33,8 @@ def _maker(**kwargs) -> ExampleMaker:
 
 
 def _photos(folder: Path, n: int, size=(30, 40)) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(4)
-    yy, xx = np.mgrid[: size[0], : size[1]]
-    out = []
-    for i in range(n):
-        img = np.zeros((*size, 3))
-        for _ in range(3):
-            cy, cx, r = rng.uniform(0, size[0]), rng.uniform(0, size[1]), rng.uniform(4, 12)
-            img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)[..., None] * rng.uniform(0, 1, 3)
-        path = folder / f"sub{i % 2}" / f"photo_{i:02d}.jpg"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(path, quality=95)
-        out.append(path)
-    return out
+    """n small JPEGs in two subfolders (relative paths with a folder part)."""
+    return _write_images(folder, n, size, name="sub{half}/photo_{i:02d}.jpg", seed=4)
 
 
 @pytest.fixture(scope="module")
