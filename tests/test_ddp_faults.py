@@ -72,7 +72,7 @@ def _wait(proc, log: Path, timeout: float = 240.0) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(480)  # three 2-process runs (two of them side by side): the suite's longest test
+@pytest.mark.timeout(900)  # three 2-process runs (two of them side by side): the suite's longest test
 def test_sigterm_to_a_ddp_run_stops_both_ranks_together_then_resumes_exactly(tmp_path: Path) -> None:
     ref, run = tmp_path / "reference", tmp_path / "run"
     metric_log = tmp_path / "metrics.jsonl"
