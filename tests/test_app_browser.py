@@ -63,10 +63,20 @@ def app(tiny_ckpt: Path):
     pytest.importorskip("gradio")
     from dequant.app.cli import build_parser, make_page, serve
 
-    port = _free_port()
-    args = build_parser().parse_args(["--ckpt", str(tiny_ckpt), "--port", str(port), "--max-side", str(MAX_SIDE)])
-    page, demo = make_page(args)
-    serve(demo, args, block=False)
+    for attempt in range(3):
+        port = _free_port()
+        args = build_parser().parse_args(["--ckpt", str(tiny_ckpt), "--port", str(port), "--max-side",
+                                          str(MAX_SIDE)])
+        page, demo = make_page(args)
+        try:
+            serve(demo, args, block=False)
+            break
+        except ValueError as err:
+            # Gradio gives its new server one 3 s request to answer; on a machine busy with other work that can
+            # fail, so it is asked again (on a fresh port) before the fixture gives up.
+            demo.close()
+            if "localhost is not accessible" not in str(err) or attempt == 2:
+                raise
     try:
         yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}", page=page, demo=demo, args=args)
     finally:

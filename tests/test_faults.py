@@ -133,6 +133,12 @@ FAKE_SLURM = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME
               "SLURM_NODELIST": "localhost"}
 
 
+def _interruptible() -> None:
+    """In the child before train.py starts: SIGINT at its default, as in a terminal (a suite started in the
+    background by a shell without job control inherits SIGINT ignored, and Python then keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # Every train.py a test starts; `kill_leftover_runs` ends the process groups still running when the test ends (a
 # failed or timed-out test must not leave a training run, or a DDP rank waiting for its peer, behind).
 LAUNCHED: list[subprocess.Popen] = []
@@ -144,7 +150,8 @@ def _launch(run_dir: Path, log_path: Path, *overrides: str, env: dict[str, str] 
            f"+callbacks.batch_log.path={run_dir / 'batches.jsonl'}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_interruptible)
     LAUNCHED.append(proc)
     return proc
 

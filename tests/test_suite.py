@@ -25,18 +25,16 @@ def test_after_the_hang():
 
 def test_a_hanging_test_fails_alone_under_the_configured_timeout(tmp_path: Path) -> None:
     options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
-    assert 60 <= int(options["timeout"]) <= 300
+    assert 60 <= int(options["timeout"]) <= 600  # pytest-timeout's key: a misspelt one would set no limit
     (tmp_path / "test_hang.py").write_text(HANGS)
-    # The project's own pytest configuration, with only the limit shortened so that the check is quick.
+    # The project's own pytest configuration, with only the limit shortened so that the check is quick. (The
+    # generous wait is for a pytest starting on a busy machine.)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir",
                            str(tmp_path), "-p", "no:cacheprovider", "-p", "no:xdist", "-o", "timeout=2",
-                           str(tmp_path / "test_hang.py")], capture_output=True, text=True, timeout=100)
+                           str(tmp_path / "test_hang.py")], capture_output=True, text=True, timeout=240)
     out = proc.stdout + proc.stderr
+    assert "timeout: 2.0s" in out, out[-3000:]  # pytest-timeout read the project's configuration
     assert proc.returncode == 1 and "1 failed, 1 passed" in out and "Timeout (>2.0s)" in out, out[-3000:]
-    header = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir",
-                             str(tmp_path), "-p", "no:cacheprovider", "-p", "no:xdist", "--collect-only",
-                             str(tmp_path / "test_hang.py")], capture_output=True, text=True, timeout=100).stdout
-    assert f"timeout: {float(options['timeout'])}s" in header, header[-2000:]
 
 
 def _pinned_examples(path: Path) -> list[str]:
@@ -74,7 +72,7 @@ def test_a_failing_wandb_test_leaves_no_open_run(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir",
                            str(tmp_path), "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "conftest",
-                           str(tmp_path / "test_wandb_runs.py")], capture_output=True, text=True, timeout=200,
+                           str(tmp_path / "test_wandb_runs.py")], capture_output=True, text=True, timeout=240,
                           env=env, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert "1 failed, 1 passed" in out and "a failure half-way" in out, out[-3000:]

@@ -153,6 +153,14 @@ def _read_fd(fd: int) -> dict[str, Any]:
     return holder if isinstance(holder, dict) else {}
 
 
+def _unlink_quietly(path: Path) -> None:
+    """Remove a temporary record file; one left behind is removed by a later run (`_remove_leftover_temporaries`)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def _same_file(fd: int, path: Path) -> bool:
     try:
         a, b = os.fstat(fd), os.stat(path)
@@ -284,7 +292,7 @@ class RunLock:
             os.fsync(fd)
         except BaseException:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            _unlink_quietly(tmp)
             raise
         return tmp, fd
 
@@ -302,7 +310,7 @@ class RunLock:
             os.close(fd)
             return self._create_without_link()
         finally:
-            tmp.unlink(missing_ok=True)
+            _unlink_quietly(tmp)
         return fd
 
     def _create_without_link(self) -> int | None:
@@ -322,7 +330,7 @@ class RunLock:
             os.replace(tmp, self.path)
         except BaseException:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            _unlink_quietly(tmp)
             raise
         return fd
 
