@@ -96,7 +96,10 @@ def test_every_job_of_every_sweep_composes(path: Path) -> None:
         assert Path(cfg.hydra.sweep.dir).name.startswith(f"{path.stem}_")
         wandb = cfg.logger.wandb
         assert wandb.group == cfg.run_group and wandb.tags == [path.stem] and wandb.name == cfg.run_name
-        assert wandb.name.startswith(f"{path.stem}/{num}:") and wandb.group.startswith(f"{path.stem}_")
+        assert wandb.name.startswith(f"{path.stem}/{num}:")
+        # The group is the sweep folder (its date and name), so a relaunch into the same folder keeps it.
+        sweep_dir = Path(cfg.hydra.sweep.dir)
+        assert wandb.group == f"{sweep_dir.parent.name}/{sweep_dir.name}"
         if training:
             assert cfg.ckpt_path == "last"  # a requeued job resumes; a fresh job folder starts from scratch
 
@@ -236,8 +239,8 @@ def test_report_shows_every_setting_beside_the_input(tmp_path: Path) -> None:
     _fake_job(tmp_path / "2", ["cond=L"], {"status": "failed", "error": "boom"}, None, {"cond": "T,G,L"})
     table = sweep_report.build_table([tmp_path])
     settings = table.settings
-    assert settings.columns == ["test", "setting", "job", "cond", "psnr", "psnr (input)", "speckle",
-                                "speckle (input)"]
+    assert settings.columns == ["test", "setting", "job", "cond", "psnr", "psnr sem", "psnr (input)", "speckle",
+                                "speckle sem", "speckle (input)"]
     # Per setting, the jobs sit in adjacent rows (the failed job has none), each beside the input's value.
     assert [(r["test"], r["setting"], r["job"]) for r in settings.rows[:4]] == [
         ("r", "N=64", "0"), ("r", "N=64", "1"), ("r", "N=16", "0"), ("r", "N=16", "1")]
@@ -246,14 +249,15 @@ def test_report_shows_every_setting_beside_the_input(tmp_path: Path) -> None:
     assert [(r["cond"], r["psnr"], r["psnr (input)"]) for r in n4] == [("T", 22.0, 21.0), ("G", 19.0, 21.0)]
     text = sweep_report.report_markdown(table)
     assert text.startswith(sweep_report.to_markdown(table)) and "## Per setting" in text
-    assert "| r_tex | N=4 | 0 | T | 22 | 21 | 2 | 2 |" in text
+    # The standard error over images stays beside the mean (the evaluation's sem column).
+    assert "| r_tex | N=4 | 0 | T | 22 ± 0.1 | 21 | 2 ± 0 | 2 |" in text
     assert sweep_report.main([str(tmp_path)]) == 0
     with open(tmp_path / "sweep_report_settings.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 12
-    assert "| r | N=16 | 1 | G | 24.5 | 26.5 |" in (tmp_path / "sweep_report.md").read_text()
+    assert "| r | N=16 | 1 | G | 24.5 ± 0.1 | 26.5 |" in (tmp_path / "sweep_report.md").read_text()
     # Naming metrics picks the tests and metrics of the per-setting table too.
     narrow = sweep_report.build_table([tmp_path], metrics=["r/psnr"]).settings
-    assert narrow.columns[-2:] == ["psnr", "psnr (input)"] and {r["test"] for r in narrow.rows} == {"r"}
+    assert narrow.columns[-3:] == ["psnr", "psnr sem", "psnr (input)"] and {r["test"] for r in narrow.rows} == {"r"}
     assert sweep_report.build_table([tmp_path], metrics=["val/loss"]).settings.rows == []
 
 
