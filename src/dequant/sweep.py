@@ -546,23 +546,10 @@ def resume_overrides(overrides: Sequence[str], config: DictConfig) -> list[str]:
     return [*out, "ckpt_path=last"]
 
 
-LOG_TAIL_LINES = 15
-
-
-def log_tail(paths: Sequence[str | Path], lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last `lines` non-empty lines of the first of `paths` that has any (a job's stderr, then stdout)."""
-    for path in paths:
-        p = Path(path)
-        if p.is_file():
-            text = p.read_text(errors="replace").splitlines()
-            found = [line for line in text if line.strip()][-lines:]
-            if found:
-                return found
-    return []
-
-
 def record_killed(job_dir: Path, overrides: Sequence[str], error: str, logs: Sequence[str | Path]) -> dict[str, Any]:
     """Mark a job that ended without a result as `killed` in its sweep_job.json (made if the job never wrote one)."""
+    from dequant.sweep_report import log_tail
+
     path = job_dir / RECORD_FILE
     try:
         record = json.loads(path.read_text()) if path.is_file() else {}

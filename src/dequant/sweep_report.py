@@ -169,11 +169,24 @@ def _status(record: Mapping[str, Any] | None, job_dir: Path) -> str:
     return status
 
 
+LOG_TAIL_LINES = 15
+
+
+def log_tail(paths: Sequence[str | Path], lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last `lines` non-empty lines of the first of `paths` that has any (a job's stderr, then stdout)."""
+    for path in paths:
+        p = Path(path)
+        if p.is_file():
+            text = p.read_text(errors="replace").splitlines()
+            found = [line for line in text if line.strip()][-lines:]
+            if found:
+                return found
+    return []
+
+
 def _log_tail(record: Mapping[str, Any], job_dir: Path) -> list[str]:
     """The last lines of a killed job's log: what its record kept, else submitit's log files, else the job's own
     Hydra log (`<job>/<name>.log`)."""
-    from dequant.sweep import log_tail
-
     if record.get("log_tail"):
         return [str(line) for line in record["log_tail"]]
     return log_tail([*(record.get("log_files") or []), *sorted(job_dir.glob("*.log"))])
