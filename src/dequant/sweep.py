@@ -437,6 +437,9 @@ def main() -> None:
     (the package's own unless `--config-dir` names another folder)."""
     import hydra
 
+    from hydra_plugins.dequant_sweep import register
+
+    register()  # the launchers and sweeper below, as Hydra plugins (see hydra_plugins/dequant_sweep)
     if not any(arg in ("--config-dir", "-cd") or arg.startswith("--config-dir=") for arg in sys.argv[1:]):
         sys.argv[1:1] = ["--config-dir", sweeps_dir()]
     hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")(task)()
@@ -584,8 +587,9 @@ class _SurvivingLauncher:
         from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
         init_keys = {"submitit_folder", "max_num_timeout"}
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=self.params["submitit_folder"],
-                                         **{f"{self._EXECUTOR}_max_num_timeout": self.params["max_num_timeout"]})
+        # The local launcher's parameters have no max_num_timeout (SLURM's requeue budget).
+        timeouts = {f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k == "max_num_timeout"}
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=self.params["submitit_folder"], **timeouts)
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v
                                       for k, v in self.params.items() if k not in init_keys})

@@ -221,7 +221,7 @@ def load_job(job_dir: Path, method: str = "model") -> dict[str, Any]:
     return {"dir": job_dir, "status": status, "overrides": overrides, "metrics": metrics, "eval_rows": eval_rows,
             "error": error, "log_tail": tail, "keys": sweep_keys(job_dir), "seconds": (record or {}).get("seconds"),
             "optimized": optimized, "wandb": wandb.get("url") or wandb.get("id"),
-            "slurm": (record or {}).get("job_id") or (record or {}).get("slurm_job_id"),
+            "job_id": (record or {}).get("job_id") or (record or {}).get("slurm_job_id"),
             "restarts": (record or {}).get("slurm_restarts") or 0}
 
 
@@ -317,7 +317,7 @@ def build_table(paths: Sequence[str | Path], metrics: Sequence[str] | None = Non
         row: dict[str, Any] = {"job": str(d.resolve().relative_to(root)), "status": job["status"]}
         row.update({k: job["overrides"][k] for k in keys if k in job["overrides"]})
         row.update({m: job["metrics"][m] for m in chosen if m in job["metrics"]})
-        for extra in ("seconds", "wandb", "slurm"):
+        for extra in ("seconds", "wandb", "job_id"):
             if job[extra] is not None:
                 row[extra] = job[extra]
         if job["restarts"]:
@@ -329,7 +329,7 @@ def build_table(paths: Sequence[str | Path], metrics: Sequence[str] | None = Non
         row["path"] = str(d)
         rows.append(row)
     columns = ["job", "status", *keys, *chosen]
-    columns += [c for c in ("seconds", "wandb", "slurm", "restarts", "error") if any(c in r for r in rows)]
+    columns += [c for c in ("seconds", "wandb", "job_id", "restarts", "error", "log_tail") if any(c in r for r in rows)]
     settings = settings_table(jobs, [r["job"] for r in rows], keys, metrics, method)
     table = SweepTable(columns=columns + ["path"], rows=rows, settings=settings, repeat_keys=repeats)
     if repeats:
@@ -342,9 +342,9 @@ def build_table(paths: Sequence[str | Path], metrics: Sequence[str] | None = Non
 
 
 def _setting_metric_names(settings: SweepTable) -> list[str]:
+    """The per-setting table's value columns (the model's metrics and the input's), not their standard errors."""
     return [c for c in settings.columns
-            if c not in ("test", "setting", "job") and not c.endswith((" sem", f" ({INPUT_METHOD})"))
-            and c not in settings.keys]
+            if c not in ("test", "setting", "job") and not c.endswith(" sem") and c not in settings.keys]
 
 
 def fold(rows: Sequence[Mapping[str, Any]], group: Sequence[str], metrics: Sequence[str],
