@@ -361,11 +361,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             lock.release()
 
 
-def launcher_details(hydra_cfg: Any) -> dict[str, Any]:
+def launcher_details() -> dict[str, Any]:
     """Where the job runs: the launcher's job id (submitit: the SLURM job id, `<array>_<task>` for arrays), SLURM's
     own id and restart count, and submitit's log files (what the report shows of a job that was killed)."""
     details: dict[str, Any] = {
-        "job_id": str(hydra_cfg.job.get("id")) if hydra_cfg is not None and hydra_cfg.job.get("id") else None,
+        "job_id": None,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_restarts": int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0),
         "log_files": [],
@@ -373,9 +373,11 @@ def launcher_details(hydra_cfg: Any) -> dict[str, Any]:
     try:
         from submitit import JobEnvironment
 
-        paths = JobEnvironment().paths
+        env = JobEnvironment()
+        paths = env.paths
+        details["job_id"] = str(env.job_id)
         details["log_files"] = [str(paths.stderr), str(paths.stdout)]
-    except Exception:  # noqa: BLE001 - not a submitit job
+    except Exception:  # noqa: BLE001 - not a submitit job (Hydra's basic launcher: no job id worth showing)
         pass
     return details
 
@@ -387,7 +389,7 @@ def _run_job(cfg: DictConfig, options: SweepOptions, run_dir: Path) -> dict[str,
         "sweep": options.name, "job": run_dir.name, "status": "running", "swept": swept,
         "overrides": list(hydra_cfg.overrides.task) if hydra_cfg is not None else [],
         "stage": None, "train": None, "evaluate": None, "value": None, "error": None, "traceback": None,
-        **launcher_details(hydra_cfg),
+        **launcher_details(),
     }
     if "run_tags" in cfg:
         with open_dict(cfg):
