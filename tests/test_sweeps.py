@@ -127,6 +127,12 @@ def test_slurm_launcher_ties_resources_to_the_trainer(tmp_path: Path, monkeypatc
     assert (node.nodes, node.tasks_per_node, node.gpus_per_node, node.cpus_per_task) == (2, 4, 4, 6)
     launcher = instantiate(node)
     assert isinstance(launcher, sweep.SlurmLauncher)
+    # What a multirun does with the node: Hydra builds plugins only from classes registered under hydra_plugins.
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.dequant_sweep import register
+
+    register()
+    assert isinstance(Plugins.instance()._instantiate(node), sweep.SlurmLauncher)
     # No SLURM here: pretend srun exists so that submitit builds the real sbatch file.
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))
     text = launcher.make_executor()._executor._make_submission_file_text("python -m x", "0")

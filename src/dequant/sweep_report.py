@@ -1,16 +1,26 @@
-"""One table for a whole sweep: `python -m dequant.sweep_report multirun/<date>/<sweep> [--metrics ...]`.
+"""One table for a whole sweep: `python -m dequant.sweep_report multirun/<date>/<sweep> [--metrics ...] [--repeat KEY]`.
 
 One row per job folder found below the given paths (a folder holding `.hydra/overrides.yaml` or `sweep_job.json`):
-the job, its status (from `sweep_job.json`, written by `dequant.sweep`; `unrecorded` for jobs run without it), the
-swept overrides (the sweeper's parameters and every key whose value differs between jobs), the chosen metrics and
-the error of a failed job. Metrics are training metrics (`val/loss`, the last value logged) or evaluation summaries
-`<test>/<metric>`: the model's `<metric>_mean` from the job's `metrics.csv` (or `eval/metrics.csv`), averaged over
-that test's settings, e.g. `r/psnr` (reconstruction, texture dropped) and `r_tex/psnr` (texture given).
-Below it, a per-setting table: one row per test, setting (e.g. r at N=64, 16 and 4) and job, the key metrics
-(PSNR, SSIM, palette ΔE00, texture correlation, speckle) of the model, each beside the quantized input's value (the
-`input` baseline rows of the same `metrics.csv`), so a reader sees at once whether a run helps.
-Writes `sweep_report.md`, `sweep_report.csv` and `sweep_report_settings.csv` (into the first path, or `--out`) and
-prints the markdown.
+the job, its status (from `sweep_job.json`, written by `dequant.sweep`; `unrecorded` for jobs run without it;
+`killed` for a job that ended without a result: recorded so by the launcher from submitit's files, or still marked
+running while no live process holds its folder), the swept overrides (the sweeper's parameters and every key whose
+value differs between jobs), the chosen metrics, the W&B run (link, or id while offline), the launcher's job id (SLURM
+on a cluster) and restarts, and the error of a failed job (for a killed one, the last lines of its log below the
+table). Metrics are training metrics (`val/loss`, `val/r_tex/N4/psnr`: the last value logged) or evaluation results:
+`<test>/<metric>`, the model's `<metric>_mean` from the job's `metrics.csv` (or `eval/metrics.csv`) averaged over
+that test's settings (`r/psnr`: texture dropped, `r_tex/psnr`: texture given), or any run-summary key
+`eval/<test>/<setting>/<metric>[_sem|_input|_gain]` (`dequant.evaluation.report.summary_numbers`).
+Repeats (`seed` when the sweep varies it, or the keys given to `--repeat` / `sweep.repeat_keys`) are also folded:
+one row per value of the other swept keys with mean ± standard deviation over the repeats, n, the standard error of
+the mean and, for evaluation metrics, the repeats' mean standard error over images.
+Below, a per-setting table: one row per test, setting (e.g. r at N=64, 16 and 4) and job, the key metrics (PSNR,
+SSIM, palette ΔE00, texture correlation, speckle) of the model with their standard errors over images, each beside
+the quantized input's value (the `input` baseline rows of the same `metrics.csv`), so a reader sees at once whether a
+run helps; folded over repeats too.
+Writes `sweep_report.md`, `sweep_report.csv`, `sweep_report_settings.csv` and, with repeats,
+`sweep_report_folded.csv` and `sweep_report_settings_folded.csv` (into the first path, or `--out`) and prints the
+markdown. A metric no job has, a metric name that names no evaluation metric, or a repeat key no job sets is a
+one-line error (exit code 2).
 """
 
 from __future__ import annotations
