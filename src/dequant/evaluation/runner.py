@@ -43,9 +43,9 @@ from dequant.color.quantize import Quantizer
 from dequant.data.io import writable_folder
 from dequant.data.resize import resize, short_side_size
 from dequant.evaluation import report
-from dequant.models.metrics import KeyedImageMean
 from dequant.evaluation.tests import (T_SCORES, Case, build_case, case_metrics, image_rngs, parse_tests, settings,
                                       variant_name)
+from dequant.models.metrics import KeyedImageMean
 from dequant.preemption import StopFlag
 from dequant.progress import Progress
 
