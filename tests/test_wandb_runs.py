@@ -37,6 +37,7 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wandb.finish()
 
 
+@pytest.mark.slow
 def test_a_preempted_offline_run_is_marked_and_resumes_into_the_same_run(wandb_env, tmp_path: Path,
                                                                          run_script) -> None:
     run = tmp_path / "run"
