@@ -18,7 +18,8 @@ It and `LocalLauncher` (hydra/launcher=local) also survive jobs that end without
 memory, node lost, SIGKILL): the job is recorded as `killed` in its sweep_job.json with submitit's message and the
 last lines of its log, the multirun goes on, and the report is written (then the multirun exits 1 naming it).
 
-`OptunaSweeper` is hydra-optuna-sweeper's, plus a study that survives the launching process: its storage defaults to
+`optuna_sweep` (behind `hydra_plugins.dequant_sweep.OptunaSweeper`) is hydra-optuna-sweeper's sweep, plus a study that
+survives the launching process: its storage defaults to
 an SQLite file in the sweep folder (`optuna.db`, sweeps/optuna_lr_ema.yaml), and relaunching the sweep into the same
 folder (`hydra.sweep.dir=...`) continues the study: trials already finished count toward `n_trials`, trials the dead
 launcher left running are marked failed and asked again with the same parameters, and new trials take new job
@@ -46,7 +47,6 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _HydraOptunaSweeper
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher as _SubmititLocalLauncher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _SubmititSlurmLauncher
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -683,28 +683,26 @@ def continue_study(study: Any, n_trials: int) -> tuple[int, int]:
     return max(0, int(n_trials) - finished), first_new
 
 
-class OptunaSweeper(_HydraOptunaSweeper):
-    """hydra-optuna-sweeper's sweeper with a study that survives the launching process (see the module docstring)."""
+def optuna_sweep(impl: Any, arguments: list[str]) -> None:
+    """hydra-optuna-sweeper's sweep (`impl`: its OptunaSweeperImpl) with a study that survives the launching process
+    (see the module docstring): run or continue it in the configured storage, the sweep folder's optuna.db by
+    default. `hydra_plugins.dequant_sweep.OptunaSweeper` calls it (only where the optuna extra is installed)."""
+    import optuna
 
-    def sweep(self, arguments: list[str]) -> None:
-        """Run (or continue) the study in the configured storage, the sweep folder's optuna.db by default."""
-        import optuna
-
-        impl = self.sweeper
-        sweep_dir = Path(str(impl.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        impl.storage = optuna_storage(sweep_dir, impl.storage)
-        try:
-            study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
-        except KeyError:
-            study = None  # a new study: the sweeper creates it
-        if study is not None:
-            impl.n_trials, impl.job_idx = continue_study(study, impl.n_trials)
-            log.info("optuna study %s continues from %s: %d trials to run, from job %d", impl.study_name,
-                     impl.storage, impl.n_trials, impl.job_idx)
-            if impl.n_trials == 0:
-                return
-        impl.sweep(arguments)
+    sweep_dir = Path(str(impl.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    impl.storage = optuna_storage(sweep_dir, impl.storage)
+    try:
+        study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
+    except KeyError:
+        study = None  # a new study: the sweeper creates it
+    if study is not None:
+        impl.n_trials, impl.job_idx = continue_study(study, impl.n_trials)
+        log.info("optuna study %s continues from %s: %d trials to run, from job %d", impl.study_name,
+                 impl.storage, impl.n_trials, impl.job_idx)
+        if impl.n_trials == 0:
+            return
+    impl.sweep(arguments)
 
 
 if __name__ == "__main__":
