@@ -381,6 +381,9 @@ def fold(rows: Sequence[Mapping[str, Any]], group: Sequence[str], metrics: Seque
                 continue
             n = len(found)
             mean = sum(found) / n
+            if metric.endswith(f" ({INPUT_METHOD})"):
+                folded[metric] = mean  # the same quantized input in every repeat
+                continue
             sd = math.sqrt(sum((v - mean) ** 2 for v in found) / (n - 1)) if n > 1 else 0.0
             folded[metric], folded[f"{metric} sd"], folded[f"{metric} n"] = mean, sd, n
             folded[f"{metric} sem"] = sd / math.sqrt(n)
