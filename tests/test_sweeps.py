@@ -446,6 +446,16 @@ def _kill_when_running(job: Path, timeout_s: float = 240.0) -> threading.Thread:
     return thread
 
 
+def test_a_report_metric_naming_nothing_stops_the_sweep_before_any_job(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    code = _multirun("cue_modes", [*TINY, "cond=T,G", "sweep.report_metrics=[r_tex/psnrr]",
+                                   f"hydra.sweep.dir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("dequant.sweep: error: sweep.report_metrics: 'r_tex/psnrr' names no evaluation metric")
+    assert not list(tmp_path.glob("*/sweep_job.json"))  # no job ran
+
+
 @pytest.mark.slow
 def test_submitit_local_multirun_trains_evaluates_reports_and_survives_a_killed_job(tmp_path: Path) -> None:
     killer = _kill_when_running(tmp_path / "2")
