@@ -55,6 +55,9 @@ def test_every_folder_is_a_listed_package() -> None:
     src = ROOT / "src"
     folders = {".".join(p.relative_to(src).parts) for p in [src / "dequant", *(src / "dequant").rglob("*")]
                if p.is_dir() and "__pycache__" not in p.parts and not p.name.endswith(".egg-info")}
+    # dequant's Hydra plugins, in the hydra_plugins namespace package (which has no __init__.py of its own).
+    folders |= {".".join(p.relative_to(src).parts) for p in (src / "hydra_plugins").rglob("*")
+                if p.is_dir() and "__pycache__" not in p.parts}
     for name in ("conf", "sweeps"):
         top = ROOT / name
         folders |= {".".join(["dequant", name, *p.relative_to(top).parts]) for p in [top, *top.rglob("*")]
@@ -68,7 +71,7 @@ def test_wheel_holds_every_module_config_and_asset(wheel: Path) -> None:
     """The package list in pyproject.toml is explicit (conf/ is mapped in): a new subpackage must be added there."""
     names = set(zipfile.ZipFile(wheel).namelist())
     src = ROOT / "src"
-    expected = {p.relative_to(src).as_posix() for p in (src / "dequant").rglob("*")
+    expected = {p.relative_to(src).as_posix() for top in ("dequant", "hydra_plugins") for p in (src / top).rglob("*")
                 if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
     for name in ("conf", "sweeps"):
         expected |= {f"dequant/{name}/{p.relative_to(ROOT / name).as_posix()}" for p in (ROOT / name).rglob("*.yaml")}

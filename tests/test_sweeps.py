@@ -9,8 +9,13 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +101,10 @@ def test_every_job_of_every_sweep_composes(path: Path) -> None:
         assert Path(cfg.hydra.sweep.dir).name.startswith(f"{path.stem}_")
         wandb = cfg.logger.wandb
         assert wandb.group == cfg.run_group and wandb.tags == [path.stem] and wandb.name == cfg.run_name
-        assert wandb.name.startswith(f"{path.stem}/{num}:") and wandb.group.startswith(f"{path.stem}_")
+        assert wandb.name.startswith(f"{path.stem}/{num}:")
+        # The group is the sweep folder (its date and name), so a relaunch into the same folder keeps it.
+        sweep_dir = Path(cfg.hydra.sweep.dir)
+        assert wandb.group == f"{sweep_dir.parent.name}/{sweep_dir.name}"
         if training:
             assert cfg.ckpt_path == "last"  # a requeued job resumes; a fresh job folder starts from scratch
 
@@ -121,6 +129,12 @@ def test_slurm_launcher_ties_resources_to_the_trainer(tmp_path: Path, monkeypatc
     assert node.mem_gb == 4 * (7 * cfg.data.cache_max_gb + 16)
     launcher = instantiate(node)
     assert isinstance(launcher, sweep.SlurmLauncher)
+    # What a multirun does with the node: Hydra builds plugins only from classes registered under hydra_plugins.
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.dequant_sweep import register
+
+    register()
+    assert isinstance(Plugins.instance()._instantiate(node), sweep.SlurmLauncher)
     # No SLURM here: pretend srun exists so that submitit builds the real sbatch file.
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))
     text = launcher.make_executor()._executor._make_submission_file_text("python -m x", "0")
@@ -239,8 +253,8 @@ def test_report_shows_every_setting_beside_the_input(tmp_path: Path) -> None:
     _fake_job(tmp_path / "2", ["cond=L"], {"status": "failed", "error": "boom"}, None, {"cond": "T,G,L"})
     table = sweep_report.build_table([tmp_path])
     settings = table.settings
-    assert settings.columns == ["test", "setting", "job", "cond", "psnr", "psnr (input)", "speckle",
-                                "speckle (input)"]
+    assert settings.columns == ["test", "setting", "job", "cond", "psnr", "psnr sem", "psnr (input)", "speckle",
+                                "speckle sem", "speckle (input)"]
     # Per setting, the jobs sit in adjacent rows (the failed job has none), each beside the input's value.
     assert [(r["test"], r["setting"], r["job"]) for r in settings.rows[:4]] == [
         ("r", "N=64", "0"), ("r", "N=64", "1"), ("r", "N=16", "0"), ("r", "N=16", "1")]
@@ -249,14 +263,15 @@ def test_report_shows_every_setting_beside_the_input(tmp_path: Path) -> None:
     assert [(r["cond"], r["psnr"], r["psnr (input)"]) for r in n4] == [("T", 22.0, 21.0), ("G", 19.0, 21.0)]
     text = sweep_report.report_markdown(table)
     assert text.startswith(sweep_report.to_markdown(table)) and "## Per setting" in text
-    assert "| r_tex | N=4 | 0 | T | 22 | 21 | 2 | 2 |" in text
+    # The standard error over images stays beside the mean (the evaluation's sem column).
+    assert "| r_tex | N=4 | 0 | T | 22 ± 0.1 | 21 | 2 ± 0 | 2 |" in text
     assert sweep_report.main([str(tmp_path)]) == 0
     with open(tmp_path / "sweep_report_settings.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 12
-    assert "| r | N=16 | 1 | G | 24.5 | 26.5 |" in (tmp_path / "sweep_report.md").read_text()
+    assert "| r | N=16 | 1 | G | 24.5 ± 0.1 | 26.5 |" in (tmp_path / "sweep_report.md").read_text()
     # Naming metrics picks the tests and metrics of the per-setting table too.
     narrow = sweep_report.build_table([tmp_path], metrics=["r/psnr"]).settings
-    assert narrow.columns[-2:] == ["psnr", "psnr (input)"] and {r["test"] for r in narrow.rows} == {"r"}
+    assert narrow.columns[-3:] == ["psnr", "psnr sem", "psnr (input)"] and {r["test"] for r in narrow.rows} == {"r"}
     assert sweep_report.build_table([tmp_path], metrics=["val/loss"]).settings.rows == []
 
 
@@ -268,6 +283,122 @@ def test_report_reads_jobs_run_without_the_sweep_entry_point(tmp_path: Path) -> 
     table = sweep_report.build_table([tmp_path])
     assert table.rows[0]["status"] == "unrecorded" and table.rows[0]["val/loss"] == 0.7
     assert table.columns[2] == "lr"
+
+
+def _seed_rows(gain: float, noise: float) -> list[dict[str, Any]]:
+    """An evaluation table: r and r_tex at N=4, model and input, with standard errors."""
+    return [{"test": test, "setting": "N=4", "method": method, "psnr_mean": value, "psnr_sem": 0.2}
+            for test in ("r", "r_tex") for method, value in (("model", 21.0 + gain + noise), ("input", 21.0))]
+
+
+def test_report_folds_repeats_into_mean_and_spread(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A 3-seed sweep over two cues: one row per cue with mean ± sd over the seeds, n, the standard error of the
+    mean and the jobs' per-image standard error carried through; per setting too."""
+    params = {"cond": "T,G", "seed": "0,1,2"}
+    losses = {}
+    for num, (cue, seed) in enumerate(itertools.product(("T", "G"), (0, 1, 2))):
+        losses[(cue, seed)] = 0.5 + 0.1 * seed + (0.0 if cue == "T" else 1.0)
+        record = {"status": "completed", "train": {"metrics": {"val/loss": losses[(cue, seed)]}},
+                  "wandb": {"id": f"run{num}", "url": f"https://wandb.ai/me/dequant/runs/run{num}"},
+                  "job_id": f"77_{num}"}
+        _fake_job(tmp_path / str(num), [f"cond={cue}", f"seed={seed}"], record,
+                  _seed_rows(1.0 if cue == "T" else -1.0, 0.3 * seed), params)
+    table = sweep_report.build_table([tmp_path])
+    assert table.repeat_keys == ["seed"] and len(table.rows) == 6
+    assert table.rows[0]["wandb"] == "https://wandb.ai/me/dequant/runs/run0" and table.rows[0]["job_id"] == "77_0"
+    folded = {r["cond"]: r for r in table.folded.rows}
+    assert set(folded) == {"T", "G"} and folded["T"]["n"] == 3 and folded["T"]["seed"] == "0,1,2"
+    values = [losses[("T", s)] for s in (0, 1, 2)]
+    mean = sum(values) / 3
+    sd = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
+    assert folded["T"]["val/loss"] == pytest.approx(mean) and folded["T"]["val/loss sd"] == pytest.approx(sd)
+    assert folded["T"]["val/loss sem"] == pytest.approx(sd / 3 ** 0.5) and folded["T"]["val/loss n"] == 3
+    assert folded["T"]["r_tex/psnr"] == pytest.approx(22.3) and folded["G"]["r_tex/psnr"] == pytest.approx(20.3)
+    settings = {(r["test"], r["cond"]): r for r in table.folded_settings.rows}
+    row = settings[("r_tex", "T")]
+    assert row["psnr"] == pytest.approx(22.3) and row["psnr sd"] == pytest.approx(0.3)
+    assert row["psnr image sem"] == pytest.approx(0.2) and row["psnr (input)"] == pytest.approx(21.0)
+    text = sweep_report.report_markdown(table)
+    assert "## Repeats folded (seed)" in text and "## Per setting, repeats folded (seed)" in text
+    assert f"| T | 3 | 3 completed | 0,1,2 | {mean:.4g} ± {sd:.2g} |" in text
+    assert sweep_report.main([str(tmp_path)]) == 0
+    assert (tmp_path / "sweep_report_folded.csv").is_file() and (tmp_path / "sweep_report_settings_folded.csv").is_file()
+    with open(tmp_path / "sweep_report_folded.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["cond"] for r in rows] == ["T", "G"] and float(rows[1]["val/loss sd"]) == pytest.approx(sd)
+    # Any key can be the repeat; none at all with an empty --repeat.
+    assert sweep_report.build_table([tmp_path], repeat_keys=["cond"]).folded.rows[0]["n"] == 2
+    assert sweep_report.build_table([tmp_path], repeat_keys=[]).folded is None
+    capsys.readouterr()
+    assert sweep_report.main([str(tmp_path), "--repeat"]) == 0 and "Repeats folded" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--repeat", "data.split_seed"], "repeat key 'data.split_seed' is set by no job; keys the jobs set: cond, seed"),
+    (["--metrics", "r/psnrr"], "metrics: 'r/psnrr' names no evaluation metric ('psnrr'); metrics: l1, smape, psnr,"),
+    (["--metrics", "val/los"], "metrics: no job has the metric 'val/los'; available: r/psnr, r_tex/psnr, val/loss"),
+])
+def test_report_options_naming_nothing_are_one_line_errors(args: list[str], message: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    done = {"status": "completed", "train": {"metrics": {"val/loss": 0.5}}}
+    for num, seed in enumerate((0, 1)):
+        _fake_job(tmp_path / str(num), ["cond=T", f"seed={seed}"], done, _seed_rows(0.0, 0.0),
+                  {"seed": "0,1"})
+    capsys.readouterr()
+    assert sweep_report.main([str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"dequant-sweep-report: error: {message}")
+
+
+def test_report_shows_a_job_whose_process_died_as_killed_with_its_last_log_lines(tmp_path: Path) -> None:
+    from dequant.runlock import LOCK_NAME
+
+    log = tmp_path / "submitit" / "9_0_log.err"
+    log.parent.mkdir()
+    log.write_text("step 100\n\nslurmstepd: error: Detected 1 oom-kill event(s)\n")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        for num, status in enumerate(("running", "running", "completed")):
+            job = _fake_job(tmp_path / str(num), [f"cond={'TGL'[num]}"], {"status": status, "log_files": [str(log)]},
+                            None, {"cond": "T,G,L"})
+            pid = dead.pid if num == 0 else alive.pid  # job 1 is still held by a live process: still running
+            (job / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
+        table = sweep_report.build_table([tmp_path])
+    finally:
+        alive.kill()
+        alive.wait()
+    assert [r["status"] for r in table.rows] == ["killed", "running", "completed"]
+    assert table.rows[0]["log_tail"] == "step 100\nslurmstepd: error: Detected 1 oom-kill event(s)"
+    assert "killed" in table.rows[0]["error"]
+    text = sweep_report.report_markdown(table)
+    assert "### job 0\n\n```\nstep 100\nslurmstepd: error: Detected 1 oom-kill event(s)\n```" in text
+
+
+def test_sweep_tags_keep_the_command_lines_and_add_the_sweeps() -> None:
+    options = sweep.SweepOptions(name="cue_modes")
+    assert sweep._tags(options, {"cond": "T"}, ["mine", "cue_modes"]) == ["mine", "cue_modes", "cond=T"]
+    assert sweep._tags(options, {"x": "y" * 80}) == ["cue_modes", "x=" + "y" * 62]
+
+
+def test_continuing_an_optuna_study_reruns_what_a_dead_launcher_left_running() -> None:
+    import optuna
+
+    study = optuna.create_study(direction="minimize")
+    for value in (0.3, 0.1):
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+        study.tell(trial, value)
+    cut_off = study.ask()
+    lr = cut_off.suggest_float("lr", 1e-5, 1e-3, log=True)
+    to_run, next_job = sweep.continue_study(study, n_trials=5)
+    assert (to_run, next_job) == (3, 3)  # 2 finished of 5; trial numbers 0-2 are taken, so jobs go on at 3
+    states = [t.state for t in study.trials]
+    assert states[2] == optuna.trial.TrialState.FAIL and states[3] == optuna.trial.TrialState.WAITING
+    assert study.trials[3].params == {} and study.trials[3].system_attrs["fixed_params"] == {"lr": lr}
+    assert sweep.optuna_storage("multirun/d/s", None) == "sqlite:///multirun/d/s/optuna.db"
+    assert sweep.optuna_storage("multirun/d/s", "postgresql://db/x") == "postgresql://db/x"
 
 
 # ----------------------------------------------------------------------------------------- real multiruns
@@ -296,35 +427,142 @@ def _record(job: Path) -> dict[str, Any]:
     return json.loads((job / sweep.RECORD_FILE).read_text())
 
 
+def _kill_when_running(job: Path, timeout_s: float = 240.0) -> threading.Thread:
+    """A thread that SIGKILLs the process running `job` as soon as it holds the job folder (its run lock), as SLURM
+    does to a job over its memory limit: no handler runs, nothing is recorded by the job itself."""
+    from dequant.runlock import LOCK_NAME
+
+    def kill() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                pid = json.loads((job / LOCK_NAME).read_text())["pid"]
+                if (job / sweep.RECORD_FILE).is_file():
+                    os.kill(pid, signal.SIGKILL)
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_report_metric_naming_nothing_stops_the_sweep_before_any_job(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    code = _multirun("cue_modes", [*TINY, "cond=T,G", "sweep.report_metrics=[r_tex/psnrr]",
+                                   f"hydra.sweep.dir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("dequant.sweep: error: sweep.report_metrics: 'r_tex/psnrr' names no evaluation metric")
+    assert not list(tmp_path.glob("*/sweep_job.json"))  # no job ran
+
+
 @pytest.mark.slow
-def test_submitit_local_multirun_trains_evaluates_and_reports(tmp_path: Path) -> None:
-    code = _multirun("cue_modes", [*TINY, "hydra/launcher=local", "cond=T,none", f"hydra.sweep.dir={tmp_path}",
+def test_submitit_local_multirun_trains_evaluates_reports_and_survives_a_killed_job(tmp_path: Path) -> None:
+    killer = _kill_when_running(tmp_path / "2")
+    code = _multirun("cue_modes", [*TINY, "hydra/launcher=local", "cond=T,none,G", f"hydra.sweep.dir={tmp_path}",
                                    "+sweep.evaluate_overrides.data.max_images=1",
                                    "+sweep.evaluate_overrides.baselines=none"])
-    assert code == 0
+    killer.join(timeout=5)
+    assert code == 1  # the killed job is not hidden: fail_at_end, after the report
     assert list((tmp_path / ".submitit").glob("*/*_result.pkl"))  # ran through submitit
     groups = set()
     for num, mode in enumerate(("T", "none")):
         job = tmp_path / str(num)
-        assert _record(job)["status"] == "completed" and _record(job)["swept"] == {"cond": mode}
+        record = _record(job)
+        assert record["status"] == "completed" and record["swept"] == {"cond": mode}
+        assert record["job_id"] and record["log_files"]  # submitit's job id and log files
         resolved = OmegaConf.load(job / "config.yaml")  # the resolved config of the job
         assert resolved.cond.mode == mode and resolved.run_tags == ["cue_modes", f"cond={mode}"]
         groups.add(resolved.run_group)
         assert (job / "eval" / "metrics.csv").is_file()
     assert len(groups) == 1  # one sweep = one W&B group
+    # Job 2 died by SIGKILL mid-run: recorded as killed (by the launcher, from submitit's own files) with the last
+    # lines of its log, and the report was written all the same.
+    killed = _record(tmp_path / "2")
+    assert killed["status"] == "killed" and "UncompletedJobError" in killed["error"] and killed["log_tail"]
     with open(tmp_path / "sweep_report.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["cond"] for r in rows] == ["T", "none"] and all(r["status"] == "completed" for r in rows)
+    assert [(r["cond"], r["status"]) for r in rows] == [("T", "completed"), ("none", "completed"), ("G", "killed")]
     assert float(rows[0]["r_tex/psnr"]) > 0 and rows[1]["r_tex/psnr"] == ""  # cue "none": no texture variant
+    assert rows[0]["job_id"] and rows[2]["log_tail"]
+    report = (tmp_path / "sweep_report.md").read_text()
+    assert "| 2 | killed | G |" in report and "## Killed jobs" in report and "### job 2" in report
+    # Rebuilt later without the launcher's word (its record still says running): the dead lock holder tells.
+    (tmp_path / "2" / sweep.RECORD_FILE).write_text(json.dumps({**killed, "status": "running", "log_tail": None}))
     table = sweep_report.build_table([tmp_path])
-    assert len(table.rows) == 2
+    assert [r["status"] for r in table.rows] == ["completed", "completed", "killed"]
+    assert table.rows[2]["log_tail"]  # read from submitit's log files named in the record
 
 
 @pytest.mark.slow
-def test_optuna_sweep_runs_two_trials(tmp_path: Path) -> None:
+def test_a_wandb_training_sweep_is_one_group_of_comparable_runs(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two jobs of the palette_sizes sweep, logger=wandb offline, each trained (one validation) and evaluated (r on
+    one photo, with the input baseline), read back from their W&B record logs."""
+    from wandb_records import segments
+
+    for var, value in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"),
+                       ("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config")),
+                       ("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))):
+        monkeypatch.setenv(var, value)
+    sweep_dir = tmp_path / "multirun" / "2026-01-02" / "palette_sizes_10-11-12"
+    code = _multirun("palette_sizes", [
+        *TINY, "palette=fixed_4,fixed_16", "logger=wandb", "trainer.val_check_interval=2", "run_tags=[mine]",
+        "data.val_fixed.images=1", "sweep.evaluate_overrides.tests=r", "+sweep.evaluate_overrides.data.max_images=1",
+        "+sweep.evaluate_overrides.baselines=restoration", "+sweep.evaluate_overrides.post_L=false",
+        "sweep.report_metrics=[val/r_tex/N4/psnr,eval/r_tex/N4/psnr,eval/r_tex/N4/psnr_gain]",
+        f"hydra.sweep.dir={sweep_dir}"])
+    assert code == 0
+    import wandb
+
+    assert wandb.run is None
+    groups, names = set(), set()
+    for num, palette in enumerate(("fixed_4", "fixed_16")):
+        job = sweep_dir / str(num)
+        record = _record(job)
+        # Training, then the evaluation in the same W&B run (still open in the job's process).
+        (train_run,) = segments(job)
+        assert train_run.run.run_id == record["wandb"]["id"] == record["wandb_id"]
+        assert train_run.exit_code == 0 and record["wandb"]["offline"] and record["wandb"]["url"] is None
+        groups.add(train_run.run.run_group)
+        names.add(train_run.run.display_name)
+        assert list(train_run.run.tags) == ["mine", "palette_sizes", f"palette={palette}"]
+        # The group choices in the logged config (W&B groups and filters runs by them).
+        assert train_run.config["choices"]["palette"] == palette and train_run.config["choices"]["cond"] == "T"
+        # Per-N validation keys in the history, best-so-far values in the summary.
+        history = train_run.history_keys()
+        assert {f"val/{t}/N{n}/psnr" for t in ("r", "r_tex") for n in (4, 16, 64)} <= history
+        assert {"val/p/mean/palette_de2000", "val/r_tex/N4/psnr_gain", "val/r/N4/psnr_input"} <= history
+        assert train_run.summary["val/r_tex/N4/psnr_best"] == train_run.summary["val/r_tex/N4/psnr"]
+        # Per-setting evaluation numbers in the summary: the same as sweep_job.json and metrics.csv.
+        summary = record["evaluate"]["summary"]
+        for key in ("eval/r_tex/N4/psnr", "eval/r_tex/N4/psnr_input", "eval/r_tex/N4/psnr_gain", "eval/r/N64/ssim",
+                    "eval/r/N16/palette_de2000_gain", "eval/r/N4/bilateral/psnr", "eval/r_tex/psnr"):
+            assert train_run.summary[key] == pytest.approx(summary[key], rel=1e-12), key
+        rows = {(r["test"], r["setting"], r["method"]): r for r in sweep_report.read_metrics_csv(
+            job / "eval" / "metrics.csv")}
+        assert summary["eval/r_tex/N4/psnr"] == pytest.approx(rows[("r_tex", "N=4", "model")]["psnr_mean"])
+        assert summary["eval/r_tex/N4/psnr_input"] == pytest.approx(rows[("r_tex", "N=4", "input")]["psnr_mean"])
+    assert groups == {"2026-01-02/palette_sizes_10-11-12"} and len(names) == 2
+    with open(sweep_dir / "sweep_report.csv", newline="") as f:
+        report = list(csv.DictReader(f))
+    assert [r["palette"] for r in report] == ["fixed_4", "fixed_16"] and all(r["wandb"] for r in report)
+    for row, num in zip(report, (0, 1)):
+        summary = _record(sweep_dir / str(num))["evaluate"]["summary"]
+        assert float(row["eval/r_tex/N4/psnr_gain"]) == pytest.approx(summary["eval/r_tex/N4/psnr_gain"])
+        assert float(row["val/r_tex/N4/psnr"]) > 0
+    wandb.teardown()
+
+
+@pytest.mark.slow
+def test_optuna_sweep_runs_two_trials_and_a_relaunch_continues_the_study(tmp_path: Path) -> None:
     code = _multirun("optuna_lr_ema", [*TINY, "hydra.sweeper.n_trials=2", "optimized_metric=train/loss",
                                        f"hydra.sweep.dir={tmp_path}"])
     assert code == 0
+    assert (tmp_path / "optuna.db").is_file()  # the study lives in the sweep folder, not only in the launcher
     values = [_record(tmp_path / str(n))["value"] for n in range(2)]
     assert all(isinstance(v, float) for v in values)
     lrs = [float(_record(tmp_path / str(n))["swept"]["module.lr"]) for n in range(2)]
@@ -333,6 +571,18 @@ def test_optuna_sweep_runs_two_trials(tmp_path: Path) -> None:
     assert best["best_value"] == pytest.approx(min(values))
     table = sweep_report.build_table([tmp_path])
     assert len(table.rows) == 2 and {"module.lr", "module.ema_decay", "train/loss"} <= set(table.columns)
+    # Relaunched into the same folder with a larger budget: the study goes on with one new trial in a new folder.
+    mtimes = [(tmp_path / str(n) / sweep.RECORD_FILE).stat().st_mtime_ns for n in range(2)]
+    code = _multirun("optuna_lr_ema", [*TINY, "hydra.sweeper.n_trials=3", "optimized_metric=train/loss",
+                                       f"hydra.sweep.dir={tmp_path}"])
+    assert code == 0
+    assert [(tmp_path / str(n) / sweep.RECORD_FILE).stat().st_mtime_ns for n in range(2)] == mtimes
+    assert _record(tmp_path / "2")["status"] == "completed" and not (tmp_path / "3").exists()
+    import optuna
+
+    study = optuna.load_study(study_name="optuna_lr_ema", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert study.trials[2].value == pytest.approx(_record(tmp_path / "2")["value"])
 
 
 @pytest.mark.slow

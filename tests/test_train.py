@@ -105,6 +105,27 @@ def test_empty_glob_fails_before_training(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
+def test_ddp_cpu_two_processes(tmp_path: Path) -> None:
+    log = tmp_path / "metric_log.jsonl"
+    cmd = [sys.executable, "train.py", "experiment=tiny", "trainer=ddp_cpu", "trainer.devices=2",
+           "trainer.max_steps=4", "sampler=ddim", "sampler.steps=2", "data.n_val=2", f"hydra.run.dir={tmp_path}",
+           "+callbacks.metric_log._target_=dequant.callbacks.MetricLog", f"+callbacks.metric_log.path={log}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    # The ranks split the fixed validation set (2 photos x 8 settings: even examples on rank 0, odd on rank 1) and
+    # torchmetrics sums their accumulators, so both log the numbers of the whole set.
+    ranks = [json.loads(line) for path in (log, log.with_name(log.name + ".rank1"))
+             for line in path.read_text().splitlines()]
+    assert len(ranks) == 2 and ranks[0]["step"] == ranks[1]["step"] == 4
+    keys = {"val/loss", "val/psnr", "val/r/N4/psnr", "val/r_tex/N64/ssim", "val/p/mean/texture_corr",
+            "val/p_tex/mean/palette_de2000"}
+    assert keys <= ranks[0]["metrics"].keys(), ranks[0]
+    assert {k: ranks[0]["metrics"][k] for k in keys} == {k: ranks[1]["metrics"][k] for k in keys}
+
+
 def test_no_logger_and_no_progress_bar(tmp_path: Path) -> None:
     result = train(fast(tmp_path, "logger=none", "trainer.enable_progress_bar=false"))
     assert result["global_step"] == 2 and (tmp_path / "checkpoints" / "last.ckpt").exists()

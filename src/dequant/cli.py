@@ -61,6 +61,9 @@ def hydra_app(task: Callable[[DictConfig], Any], config_name: str, config_path: 
     app = hydra.main(version_base="1.3", config_path=config_dir, config_name=config_name)(task)
 
     def main() -> Any:
+        from hydra_plugins.dequant_sweep import register
+
+        register()  # hydra/launcher=local, slurm: dequant's launchers (see hydra_plugins/dequant_sweep)
         exit_on_unknown_choice(_prog(), config_dir, sys.argv[1:])
         if config_name == "train":
             _exit_if_run_folder_busy(sys.argv[1:])

@@ -30,14 +30,33 @@ def slurm_mem_gb(tasks_per_node: int, workers: int, cache_gb: float, per_task_gb
     return int(math.ceil(int(tasks_per_node) * ((int(workers) + 1) * float(cache_gb) + float(per_task_gb))))
 
 
+def override_suffix() -> str:
+    """`:<override_dirname>` of the running Hydra job (its command-line overrides, `hydra.job.config.override_dirname`
+    filtering them), or "" without overrides or outside Hydra: what makes single runs' names distinct."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    dirname = str(HydraConfig.get().job.get("override_dirname") or "")
+    return f":{dirname}" if dirname else ""
+
+
+def sweep_group(sweep_dir: str) -> str:
+    """A sweep's W&B group from its folder (its parent's name / its own name, e.g. `2026-01-02/cue_modes_10-11-12`):
+    relaunching the sweep into the same folder to resume it keeps the group."""
+    path = Path(str(sweep_dir))
+    parts = [p for p in (path.parent.name, path.name) if p and p not in (".", "..")]
+    return "/".join(parts) or str(sweep_dir)
+
+
 def register_resolvers() -> None:
-    """Register `${dq.assets:images}`, `${dq.sum:a,b,...}` and `${dq.slurm_mem_gb:...}`; safe to call more than once."""
-    if not OmegaConf.has_resolver("dq.assets"):
-        OmegaConf.register_new_resolver("dq.assets", assets_path)
-    if not OmegaConf.has_resolver("dq.sum"):
-        OmegaConf.register_new_resolver("dq.sum", lambda *values: sum(values))
-    if not OmegaConf.has_resolver("dq.slurm_mem_gb"):
-        OmegaConf.register_new_resolver("dq.slurm_mem_gb", slurm_mem_gb)
+    """Register `${dq.assets:images}`, `${dq.sum:a,b,...}`, `${dq.slurm_mem_gb:...}`, `${dq.override_suffix:}` and
+    `${dq.sweep_group:<dir>}`; safe to call more than once."""
+    for name, fn in (("dq.assets", assets_path), ("dq.sum", lambda *values: sum(values)),
+                     ("dq.slurm_mem_gb", slurm_mem_gb), ("dq.override_suffix", override_suffix),
+                     ("dq.sweep_group", sweep_group)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

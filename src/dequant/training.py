@@ -131,13 +131,22 @@ def refuse_hpc_checkpoints(root_dir: Path) -> None:
                          "that Lightning would resume from unasked; resume with ckpt_path=last, or move them away")
 
 
+def _is_wandb_node(node: Any) -> bool:
+    return str(node.get("_target_", "")).endswith("WandbLogger") if hasattr(node, "get") else False
+
+
 def _loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
+    from dequant.wandb_run import wandb_logger
+
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
-        if name == "wandb" and node.get("id") is None and (run_dir / WANDB_ID_FILE).exists():
+        if not _is_wandb_node(node):
+            loggers.append(instantiate(node))
+            continue
+        if node.get("id") is None and (run_dir / WANDB_ID_FILE).exists():
             # Resuming into the same folder continues the same W&B run.
             node = OmegaConf.merge(node, {"id": (run_dir / WANDB_ID_FILE).read_text().strip()})
-        loggers.append(instantiate(node))
+        loggers.append(wandb_logger(node, key=f"logger.{name}"))
     return loggers
 
 
@@ -154,17 +163,34 @@ def _keep_earlier_csv_metrics(loggers: list[Any]) -> None:
 
 
 def _remember_wandb_id(loggers: list[Any], run_dir: Path) -> None:
+    from dequant.wandb_run import is_wandb_logger, start_run
+
     for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
-            # `.experiment` starts (or resumes) the W&B run: before that the logger has no id to remember.
-            (run_dir / WANDB_ID_FILE).write_text(str(lg.experiment.id))
+        if is_wandb_logger(lg):
+            # Starting the run gives the id; W&B refusing it (names, login) is a one-line error.
+            (run_dir / WANDB_ID_FILE).write_text(start_run(lg))
 
 
 def _finish_wandb(loggers: list[Any], exit_code: int) -> None:
     """Close any W&B run this job opened, so that the next job of a multirun does not log into it."""
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger" and getattr(lg, "_experiment", None) is not None:
-            lg.experiment.finish(exit_code=exit_code)
+    from dequant.wandb_run import finish
+
+    finish(loggers, exit_code)
+
+
+def _choices() -> dict[str, Any]:
+    """Hydra's group choices of this job (`palette: fixed_4`, ...), or {} outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return dict(OmegaConf.to_container(HydraConfig.get().runtime.choices, resolve=True) or {})
+
+
+def _task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _callbacks(cfg: DictConfig, has_logger: bool) -> list[Any]:
@@ -221,14 +247,25 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if ckpt is not None:
         _keep_earlier_csv_metrics(loggers)
     callbacks = _callbacks(cfg, has_logger=bool(loggers))
+    if any(_is_wandb_node(node) for node in (cfg.get("logger") or {}).values()):
+        from dequant.wandb_run import WandbPreempting
+
+        # First in the list: the mark goes out before the preemption callback writes its checkpoint.
+        callbacks.insert(0, WandbPreempting([c for c in callbacks if isinstance(c, PreemptionCheckpoint)]))
     plugins = trainer_plugins(instantiate(cfg.trainer.get("plugins")) or [])
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins)
     if trainer.is_global_zero:
+        from dequant.wandb_run import log_run_info, run_info
+
         _remember_wandb_id(loggers, run_dir)
+        # The group choices, parameter counts, git state and command line beside the resolved config.
+        log_run_info(loggers, run_info(_choices(), module, overrides=_task_overrides()))
     with warnings.catch_warnings():
         if isinstance(datamodule, DequantDataModule):
             # Lightning cannot tell that the data module restores the sampler position itself (state_dict).
             warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        # The fixed validation set's val/ metrics are synced by torchmetrics before they are logged (models/module.py).
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/.*sync_dist=True")
         if ckpt is not None:  # resuming into a non-empty run folder is the point (earlier CSV metrics are kept)
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
@@ -247,6 +284,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
               "stopped_by_signal": stopped_by}
     if stopped_by:
         log.info("stopped by %s at step %d; resume with ckpt_path=last", stopped_by, trainer.global_step)
+        if trainer.is_global_zero:
+            from dequant.wandb_run import mark_preempting, preempted_exit_code
+
+            # Marked again in case the signal reached another rank only; a non-zero exit reads as preempted.
+            mark_preempting(loggers)
+            _finish_wandb(loggers, exit_code=preempted_exit_code(stopped_by))
     else:
         log.info("training finished at step %d: %s", trainer.global_step, metrics)
     return result

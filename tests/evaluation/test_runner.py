@@ -199,6 +199,55 @@ def test_loggers_get_the_table_and_grids(full_run: dict) -> None:
     assert rec.images == ["eval/r_N4"]
 
 
+def test_every_result_is_one_summary_number(full_run: dict) -> None:
+    """eval/<test>/<setting>/<metric> for the model with its _sem, _input and signed _gain, every other method's key
+    metrics, the mean over settings; the same numbers as metrics.csv."""
+    numbers = full_run["summary"]
+    rows = {(r["test"], r["setting"], r["method"]): r for r in report.read_csv(full_run["metrics_csv"])}
+    model, given = rows[("r_tex", "N=4", "model")], rows[("r_tex", "N=4", "input")]
+    assert numbers["eval/r_tex/N4/psnr"] == pytest.approx(model["psnr_mean"], rel=1e-12)
+    assert numbers["eval/r_tex/N4/psnr_sem"] == pytest.approx(model["psnr_sem"], rel=1e-12)
+    assert numbers["eval/r_tex/N4/psnr_input"] == pytest.approx(given["psnr_mean"], rel=1e-12)
+    assert numbers["eval/r_tex/N4/psnr_gain"] == pytest.approx(model["psnr_mean"] - given["psnr_mean"])
+    # Lower is better for the palette error: a positive gain means the model's error is below the input's.
+    assert numbers["eval/r_tex/N4/palette_de2000_gain"] == pytest.approx(
+        given["palette_de2000_mean"] - model["palette_de2000_mean"])
+    assert "eval/r_tex/N4/speckle" in numbers and "eval/r_tex/N4/speckle_gain" not in numbers  # best at 1
+    assert numbers["eval/h/s0p3_N16/bilateral/psnr"] == pytest.approx(
+        rows[("h", "s=0.3 N=16", "bilateral")]["psnr_mean"])
+    assert numbers["eval/t/neg_N8/model+post_L/palette_de2000"] == pytest.approx(
+        rows[("t", "score=neg N=8", "model+post_L")]["palette_de2000_mean"])
+    assert numbers["eval/p_tex/mean/palette_de2000"] == pytest.approx(rows[("p_tex", "fill=mean", "model")][
+        "palette_de2000_mean"])
+    assert numbers["eval/m/viridis_N64/texture_corr"] == pytest.approx(rows[("m", "cmap=viridis N=64", "model")][
+        "texture_corr_mean"])
+    r_psnr = [r["psnr_mean"] for (t, _, m), r in rows.items() if t == "r" and m == "model"]
+    assert numbers["eval/r/psnr"] == pytest.approx(sum(r_psnr) / 3)
+    assert not any("." in k for k in numbers)  # W&B reads dots as nesting
+    # The table (torchmetrics accumulators, summed over ranks) is the aggregate of the per-image rows.
+    per_image = report.aggregate([{k: v for k, v in r.items() if k not in ("_order", "image_id")}
+                                  for r in full_run["per_image"]])
+    assert [(r["test"], r["setting"], r["method"]) for r in per_image] == \
+        [(r["test"], r["setting"], r["method"]) for r in full_run["rows"]]
+    for a, b in zip(per_image, full_run["rows"]):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12) for k in a
+                                            if k not in report.KEYS)
+
+
+def test_a_wandb_run_gets_the_summary_numbers(full_run: dict) -> None:
+    class Run:
+        def __init__(self) -> None:
+            self.summary: dict = {}
+
+    class WandbLogger:  # what log_to recognizes (by name: wandb is optional)
+        def __init__(self) -> None:
+            self.experiment = Run()
+
+    logger = WandbLogger()
+    log_to(logger, full_run["rows"], {}, full_run["summary"])
+    assert logger.experiment.summary == full_run["summary"]
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, run_script) -> None:
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose("evaluate", overrides=[f"paths.run_dir={tmp_path}"])

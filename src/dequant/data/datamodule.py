@@ -58,6 +58,7 @@ from dequant.data.examples import ExampleMaker
 from dequant.atomic import write_text
 from dequant.data.io import EncodedJpeg, ImageLoadError, check_paths, load_rgb, save_split
 from dequant.data.shards import ShardCatalog
+from dequant.data.validation import FixedValidation
 
 log = logging.getLogger(__name__)
 
@@ -418,6 +419,7 @@ class DequantDataModule(LightningDataModule):
         test_fraction: float = 5e-3,
         listing_file: str | os.PathLike | None = None,
         listing_wait_s: float = 600.0,
+        val_fixed: FixedValidation | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(example, ExampleMaker):
@@ -466,6 +468,10 @@ class DequantDataModule(LightningDataModule):
         self._test: FixedExamples | None = None
         self._sampler: EpochSampler | None = None
         self._sampler_state: dict[str, int] | None = None
+        # issue 27: the fixed validation set (dequant.data.validation), the same problems for every job.
+        self.val_fixed = val_fixed
+        self.val_fixed_examples: list[dict[str, Tensor]] = []
+        self.val_fixed_settings: list = []
 
     # ------------------------------------------------------------------------------------------------- setup
 
@@ -559,6 +565,16 @@ class DequantDataModule(LightningDataModule):
         val = FixedExamples(self._source("val"), self.example, self.split_seed, VAL_TAG,
                             self.val_examples_per_image)
         self.val_examples = [val[i] for i in range(len(val))]
+        if self.val_fixed is not None:  # issue 27: the fixed validation set
+            source = self._source("val")
+
+            def photo(i: int) -> tuple[int, Tensor]:
+                used, image, _ = source.get(i)  # an unreadable photo is replaced by the next one, as above
+                return int(source.positions[used]), image.tensor() if isinstance(image, EncodedJpeg) else image
+
+            self.val_fixed_settings = self.val_fixed.settings(self.example.cue.mode)
+            self.val_fixed_examples = self.val_fixed.build(photo, len(source), self.example.crop_size,
+                                                           self.example.cue)
         self._test = FixedExamples(self._source("test"), self.example, self.split_seed, TEST_TAG, 1)
 
     def _names(self, name: str) -> list[Path]:
@@ -634,11 +650,15 @@ class DequantDataModule(LightningDataModule):
         self._sampler = self.train_sampler(rank, world_size)
         return self._loader(self._train, sampler=self._sampler, drop_last=False)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """The fixed validation examples (made once at setup), in order; not sharded: every rank validates all of
-        them (a few images), so ranks agree on every val/ metric and on checkpoint decisions without a sync."""
+        them (a few images), so ranks agree on every val/ metric and on checkpoint decisions without a sync.
+        With `val_fixed`, a second loader over the fixed validation set (the module splits it over ranks)."""
         self._require_setup()
-        return DataLoader(self.val_examples, batch_size=self.batch_size, shuffle=False, num_workers=0)
+        own = DataLoader(self.val_examples, batch_size=self.batch_size, shuffle=False, num_workers=0)
+        if not self.val_fixed_examples:
+            return own
+        return [own, DataLoader(self.val_fixed_examples, batch_size=self.batch_size, shuffle=False, num_workers=0)]
 
     def test_dataloader(self) -> DataLoader:
         """Fixed test examples (one per test image), made on demand, in order."""

@@ -57,6 +57,69 @@ MODEL = "model"
 POST_L = "model+post_L"
 
 
+# Lower is better for these (the rest of the directional metrics: higher); a model's gain over the input is signed so
+# that a positive gain is an improvement.
+LOWER_IS_BETTER = frozenset({"l1", "smape", "palette_de2000", "palette_err_requant", "palette_l1_requant"})
+INPUT = "input"
+
+
+def setting_key(setting: str) -> str:
+    """A setting label as one key part: `N=4` -> `N4`, `s=0.3 N=16` -> `s0p3_N16`, `score=neg N=8` -> `neg_N8`,
+    `fill=mean` -> `mean`, `cmap=viridis N=64` -> `viridis_N64` (a dot becomes `p`: W&B reads dots as nesting)."""
+    parts = []
+    for token in str(setting).split():
+        name, _, value = token.partition("=")
+        parts.append(value if name in ("score", "fill", "cmap") else f"{name}{value}")
+    return "_".join(parts).replace(".", "p")
+
+
+def gain(name: str, model: float, baseline: float) -> float | None:
+    """The model's improvement over a baseline on one metric (positive = better), None where no direction applies."""
+    if name in HIGHER_IS_BETTER:
+        return model - baseline
+    if name in LOWER_IS_BETTER:
+        return baseline - model
+    return None
+
+
+def summary_numbers(aggregated: Sequence[Mapping[str, Any]], prefix: str = "eval") -> dict[str, float]:
+    """Every result of an evaluation table as one flat number per key, for run summaries and sweep records.
+
+    - `<prefix>/<test>/<setting>/<metric>`: the model's mean (e.g. `eval/r_tex/N4/psnr`), `..._sem` its standard
+      error over images, `..._input` the quantized input's mean on the same images, `..._gain` the model's signed
+      improvement over the input (positive = better; none for speckle, whose best is 1);
+    - `<prefix>/<test>/<setting>/<method>/<metric>`: every other method row (`model+post_L`, the baselines), key
+      metrics only;
+    - `<prefix>/<test>/<metric>`: the model's mean over the test's settings (the sweep report's `<test>/<metric>`).
+    """
+    rows = {(str(r["test"]), str(r["setting"]), str(r["method"])): r for r in aggregated}
+    names = metric_names(aggregated)
+    out: dict[str, float] = {}
+    over_settings: dict[str, list[float]] = {}
+    for (test, setting, method), row in rows.items():
+        base = f"{prefix}/{test}/{setting_key(setting)}"
+        if method == MODEL:
+            ref = rows.get((test, setting, INPUT), {})
+            for name in names:
+                value = row.get(f"{name}_mean")
+                if value is None:
+                    continue
+                out[f"{base}/{name}"] = float(value)
+                out[f"{base}/{name}_sem"] = float(row.get(f"{name}_sem", 0.0))
+                over_settings.setdefault(f"{prefix}/{test}/{name}", []).append(float(value))
+                if ref.get(f"{name}_mean") is not None:
+                    out[f"{base}/{name}_input"] = float(ref[f"{name}_mean"])
+                    g = gain(name, float(value), float(ref[f"{name}_mean"]))
+                    if g is not None:
+                        out[f"{base}/{name}_gain"] = g
+        elif method != INPUT:
+            for name in KEY_METRICS:
+                if row.get(f"{name}_mean") is not None:
+                    out[f"{base}/{method}/{name}"] = float(row[f"{name}_mean"])
+    out.update({k: sum(v) / len(v) for k, v in over_settings.items()})
+    return out
+
+
 def metric_names(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     """Metric names present in per-image rows or aggregated rows, in display order."""
     found: set[str] = set()

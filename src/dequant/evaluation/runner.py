@@ -13,10 +13,13 @@ What it does, from a composed `conf/evaluate.yaml`:
    scores those same samples with their CIELab L replaced by the source's (method `model+post_L`, no extra
    sampling), runs the configured baselines on the same requested colors, scores everything per image;
 4. with several processes (Lightning Fabric, e.g. `fabric.strategy=ddp fabric.devices=2`), rank r evaluates images
-   r, r + world, ...; per-image rows are gathered on rank 0, so every image counts once and the tables do not
-   depend on the number of processes;
+   r, r + world, ...; every (test, setting, method, metric) is a running mean in one torchmetrics accumulator
+   (`dequant.models.metrics.KeyedImageMean`) that torchmetrics sums over the ranks, so every image counts once and
+   the tables do not depend on the number of processes (the per-image rows are also gathered on rank 0);
 5. rank 0 writes `metrics.csv`, `metrics.md`, `grids/<setting>.png` (first `grid_images` images of its first
-   batch: source, hint, model outputs, baselines, ground truth) and hands the table and grids to a W&B logger.
+   batch: source, hint, model outputs, baselines, ground truth) and hands the table, the grids and every result as
+   one summary number per key (`report.summary_numbers`: `eval/r_tex/N4/psnr`, its `_input` and `_gain`, ...) to
+   the configured loggers (W&B: the run's summary, where runs tables, bar charts and parallel coordinates read).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from dequant.data.resize import resize, short_side_size
 from dequant.evaluation import report
 from dequant.evaluation.tests import (T_SCORES, Case, build_case, case_metrics, image_rngs, parse_tests, settings,
                                       variant_name)
+from dequant.models.metrics import KeyedImageMean
 from dequant.preemption import StopFlag
 from dequant.progress import Progress
 
@@ -192,6 +196,44 @@ def _rows(test: str, setting: str, method: str, ids: Sequence[int], metrics: Map
              **{k: float(v[j]) for k, v in values.items()}} for j, i in enumerate(ids)]
 
 
+def metric_keys(letters: Sequence[str], t_scores: Sequence[str], variants: Sequence[bool], post_l_rows: bool,
+                baselines: Sequence[Baseline]) -> list[tuple[str, str, str, str]]:
+    """Every (test, setting, method, metric) an evaluation can produce, in the order of its tables."""
+    names = list(report.METRICS)
+    keys = []
+    for letter in letters:
+        methods = [report.MODEL, *([report.POST_L] if post_l_rows else []),
+                   *(b.name for b in baselines if letter in b.tests)]
+        for keep in variants:
+            for setting in settings(letter, t_scores):
+                keys += [(variant_name(letter, keep), setting.label, m, n) for m in methods for n in names]
+    return keys
+
+
+def accumulate(table: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Add per-image rows (`_rows`) of one batch to the keyed accumulator, one update per (test, setting, method,
+    metric)."""
+    grouped: dict[tuple[str, str, str, str], list[float]] = {}
+    for row in rows:
+        for name, value in row.items():
+            if name in ("test", "setting", "method", "image_id", "_order"):
+                continue
+            if name not in report.METRICS:
+                raise ValueError(f"metric {name!r} has no entry in dequant.evaluation.report.METRICS")
+            grouped.setdefault((row["test"], row["setting"], row["method"], name), []).append(float(value))
+    for key, values in grouped.items():
+        table.update(key, torch.tensor(values, dtype=torch.float64))
+
+
+def aggregated_rows(results: Mapping[tuple[str, str, str, str], tuple[float, float, int]]) -> list[dict[str, Any]]:
+    """`KeyedImageMean.compute()` -> the rows of `metrics.csv` (`<metric>_mean`, `<metric>_sem`), in key order."""
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for (test, setting, method, name), (mean, sem, _n) in results.items():
+        row = out.setdefault((test, setting, method), {"test": test, "setting": setting, "method": method})
+        row[f"{name}_mean"], row[f"{name}_sem"] = mean, sem
+    return list(out.values())
+
+
 def _grid(case: Case, outputs: Mapping[str, Tensor], n: int) -> Tensor:
     from dequant import viz
 
@@ -314,6 +356,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     n_grid = int(cfg.get("grid_images", 4))
     # An explicit `matching=<score>` replaces the authors' pair of transfer scores (the matching_cost sweep).
     t_scores = (cfg.matching.score,) if cfg.get("matching") is not None else T_SCORES
+    # Every rank builds the same keys in the same order: torchmetrics sums the states key by key.
+    table = KeyedImageMean(metric_keys(letters, t_scores, variants, post_l_rows, baselines)).to(fabric.device)
     # Counted in images (one image through one test setting), rank 0's share; a live bar on a terminal, else a log
     # line every progress_interval_s seconds.
     total = sum(len(settings(letter, t_scores)) for letter in letters) * len(mine)
@@ -340,6 +384,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                                   sampler=sampler, seed=seed, image_ids=batch_ids, fabric=fabric,
                                                   order=(li, si), post_l_rows=post_l_rows)
                     rows += case_rows
+                    accumulate(table, case_rows)
                     if rank == 0 and bi == 0 and n_grid > 0:
                         grids[setting.slug] = _grid(case, outputs, n_grid)
                     progress.advance(len(batch), f"{letter} {setting.label}")
@@ -350,29 +395,34 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         log.warning("evaluation stopped by %s before it finished; nothing written; run it again to evaluate",
                     result["stopped_by_signal"])
         return result
+    aggregated = aggregated_rows(table.compute())  # a collective: every rank
     rows = _gather(fabric, rows)
     if rank != 0:
         return result
     rows.sort(key=lambda r: r["_order"])
-    aggregated = report.aggregate([{k: v for k, v in r.items() if k not in ("_order", "image_id")} for r in rows])
     csv_path = report.write_csv(aggregated, run_dir / "metrics.csv")
     spec = as_sampler_spec(sampler) if sampler else module.sampler_spec
     notes = _notes(ckpt, cue, n, size, origin, spec, seed, quantizer, world, module.formulation)
     md_path = report.write_markdown(aggregated, run_dir / "metrics.md", title="Evaluation", notes=notes)
     grid_paths = {slug: viz.save_png(g, run_dir / "grids" / f"{slug}.png") for slug, g in grids.items()}
-    _log_to_loggers(cfg, aggregated, grids)
+    numbers = report.summary_numbers(aggregated)
+    _log_to_loggers(cfg, aggregated, grids, numbers)
     log.info("wrote %s, %s and %d grids", csv_path, md_path, len(grid_paths))
     result.update(rows=aggregated, per_image=rows, metrics_csv=str(csv_path), metrics_md=str(md_path),
-                  grids={k: str(v) for k, v in grid_paths.items()})
+                  grids={k: str(v) for k, v in grid_paths.items()}, summary=numbers)
     return result
 
 
-def _log_to_loggers(cfg: DictConfig, aggregated: list[dict[str, Any]], grids: Mapping[str, Tensor]) -> None:
-    """Hand the table and the grids to every configured logger that takes them (W&B: a wandb.Table and images)."""
+def _log_to_loggers(cfg: DictConfig, aggregated: list[dict[str, Any]], grids: Mapping[str, Tensor],
+                    numbers: Mapping[str, float]) -> None:
+    """Hand the table, the grids and the summary numbers to every configured logger that takes them (W&B: a
+    wandb.Table, images and the run summary)."""
+    from dequant.wandb_run import wandb_logger
+
     nodes = cfg.get("logger") or {}
     for name, node in nodes.items():
-        logger = instantiate(node)
-        log_to(logger, aggregated, grids)
+        logger = wandb_logger(node, key=f"logger.{name}") if _is_wandb_node(node) else instantiate(node)
+        log_to(logger, aggregated, grids, numbers)
         if hasattr(logger, "finalize"):
             logger.finalize("success")
         if type(logger).__name__ == "WandbLogger":
@@ -380,8 +430,16 @@ def _log_to_loggers(cfg: DictConfig, aggregated: list[dict[str, Any]], grids: Ma
         log.info("logged the evaluation to the %s logger", name)
 
 
-def log_to(logger: Any, aggregated: list[dict[str, Any]], grids: Mapping[str, Tensor]) -> None:
-    """`log_table("eval/metrics", ...)` and `log_image("eval/<setting>", ...)` on a logger that has them."""
+def _is_wandb_node(node: Any) -> bool:
+    return str((node or {}).get("_target_", "")).endswith("WandbLogger")
+
+
+def log_to(logger: Any, aggregated: list[dict[str, Any]], grids: Mapping[str, Tensor],
+           numbers: Mapping[str, float] | None = None) -> None:
+    """`log_table("eval/metrics", ...)` and `log_image("eval/<setting>", ...)` on a logger that has them; the
+    summary numbers into a W&B run's summary (one number per key: what runs tables and plots read)."""
+    if numbers and type(logger).__name__ == "WandbLogger":
+        logger.experiment.summary.update(dict(numbers))
     columns = report.csv_columns(aggregated)
     if hasattr(logger, "log_table"):
         data = [[row.get(c) for c in columns] for row in aggregated]

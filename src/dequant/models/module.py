@@ -3,6 +3,16 @@
 Batches are dicts: `hint (B,7,H,W)` and `target (B,3,H,W)` in [0, 1], `image_id (B,)`, `n_colors (B,)`, `patch (B,)`.
 Everything the module saves is plain Python (no dataclasses, no OmegaConf), so checkpoints load with
 `torch.load(weights_only=True)`, as Lightning's resume does by default.
+
+Validation. `val/loss` (fixed t and noise per image) on the job's own validation examples. When the data module also
+hands over the fixed validation set (`dequant.data.validation`, the same problems for every job of a sweep), the
+module samples it and logs, per setting, `val/<test>/<setting>/<metric>` (e.g. `val/r_tex/N4/psnr`), the model's
+signed gain over the quantized input `..._gain` (positive = better), the input's own value `..._input` (once per
+run segment: it does not change), the headline `val/psnr` over the whole set, and best-so-far values `..._best`
+(max PSNR, min palette ΔE00, min `val/loss`; kept in checkpoints, so a resumed run continues them). The metrics are
+torchmetrics accumulators (`dequant.models.metrics`); ranks split the fixed set and torchmetrics sums their states,
+so each example counts once whatever the number of processes. Without a fixed set (a plain validation loader), the
+first `val_max_images` examples are sampled and scored as `val/psnr`, `val/psnr_input`, `val/ssim`, ...
 """
 
 from __future__ import annotations
@@ -26,12 +36,17 @@ from dequant.color._checks import check_choice
 from dequant.color.hint import COLOR, HINT_CHANNELS
 from dequant.models.ema import EMA
 from dequant.models.formulations import Formulation, as_formulation, diffusion_targets
+from dequant.models.metrics import PSNR, SSIM, ImageMean, PaletteDeltaE, PatchDeltaE, Speckle, TextureCorrelation
 from dequant.models.ranges import from_model_range, to_model_range
 from dequant.models.sampling import SamplerSpec, as_sampler_spec, image_generators
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear", "sigmoid")
 _MODULE_TARGET = "dequant.models.module.DequantModule"
+# The fixed validation set's metrics per setting, in log order.
+VAL_METRICS = ("psnr", "ssim", "palette_de2000", "texture_corr", "speckle")
+# Best-so-far keys: the metric and whether higher is better.
+VAL_BEST = {"psnr": True, "palette_de2000": False}
 _SAMPLER_TARGET = "dequant.models.sampling.SamplerSpec"
 
 
@@ -139,6 +154,12 @@ class DequantModule(L.LightningModule):
         self.ema = EMA(net.trainable_module(), decay=ema_decay) if use_ema else None
         self._val_count = 0
         self._val_rows: list[dict[str, Tensor]] = []
+        # The fixed validation set (set up from the data module, see `use_fixed_validation`).
+        self._fixed_names: list[str] = []
+        self.val_metrics = nn.ModuleDict()
+        self._input_logged = False
+        self._val_best: dict[str, float] = {}
+        self._val_loss = ImageMean()  # the epoch's val/loss, for its best-so-far value
         # Non-finite guard (fault tolerance, see on_before_optimizer_step): counters are saved in checkpoints.
         self._last_loss: Tensor | None = None
         self._step_skipped = False
@@ -263,13 +284,37 @@ class DequantModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     # -------------------------------------------------------------------------------------------- validation
+    def setup(self, stage: str) -> None:
+        """Take the fixed validation set's settings from the data module (`val_fixed_settings`), if it has one."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        settings = getattr(datamodule, "val_fixed_settings", None)
+        if settings:
+            self.use_fixed_validation([s.name for s in settings])
+
+    def use_fixed_validation(self, names: list[str]) -> None:
+        """Score fixed-set batches (those with a `setting` index) under these setting names (`r_tex/N4`, `p/mean`)."""
+        self._fixed_names = list(names)
+        metrics: dict[str, nn.Module] = {"psnr": PSNR(), "psnr_input": PSNR()}
+        for name in self._fixed_names:
+            patch = name.split("/", 1)[0].startswith("p")
+            for source in ("model", "input"):
+                metrics[_metric_slot(name, "psnr", source)] = PSNR()
+                metrics[_metric_slot(name, "ssim", source)] = SSIM()
+                metrics[_metric_slot(name, "palette_de2000", source)] = PatchDeltaE() if patch else PaletteDeltaE()
+                metrics[_metric_slot(name, "texture_corr", source)] = TextureCorrelation()
+                metrics[_metric_slot(name, "speckle", source)] = Speckle()
+        self.val_metrics = nn.ModuleDict(metrics).to(self.device)
+
     def on_validation_epoch_start(self) -> None:
         """Reset the per-epoch sample budget."""
         self._val_count = 0
         self._val_rows = []
 
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        """`val/loss` at fixed t and noise; for the first `val_max_images` images also samples and metrics."""
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """`val/loss` on the job's own examples; fixed-set batches (with `setting`) are sampled and scored."""
+        if "setting" in batch:
+            self._fixed_validation_step(batch)
+            return
         hint01, target01 = batch["hint"].float(), batch["target"].float()
         b = target01.shape[0]
         ids = batch.get("image_id")
@@ -279,7 +324,10 @@ class DequantModule(L.LightningModule):
         gens = image_generators(self.hparams.val_seed, ids, "cpu")
         with self.ema_weights():
             loss = self.formulation.validation_loss(self.net, x0, hint, self.noise_scheduler, gens)
-            self.log("val/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
+            self.log("val/loss", loss, prog_bar=True, batch_size=b, sync_dist=True, add_dataloader_idx=False)
+            self._val_loss.update(loss.detach().reshape(1).expand(b))
+            if self._fixed_names:
+                return  # the fixed set carries the samples and metrics
             n = min(b, self.hparams.val_max_images - self._val_count)
             if n <= 0:
                 return
@@ -304,15 +352,110 @@ class DequantModule(L.LightningModule):
             values["palette_de2000"] = M.palette_error_ciede(
                 output[palette_rows], torch.stack([ix for _, ix in pairs]), [p for p, _ in pairs]
             )
-        # No sync needed: every rank validates the same fixed examples (DequantDataModule.val_dataloader), so every
-        # rank logs the same values (tests/test_ddp_faults.py checks it). A per-step sync
-        # could even hang, as only palette-mode batches have palette_de2000.
+        # No sync needed: every rank validates the same examples of a plain loader (DequantDataModule.val_dataloader),
+        # so every rank logs the same values (tests/test_ddp_faults.py checks it). A per-step sync could even hang,
+        # as only palette-mode batches have palette_de2000.
         for name, v in values.items():
             self.log(f"val/{name}", v.mean(), batch_size=v.numel())
         self._val_rows.append({"hint": hint01[:n].cpu(), "output": output, "target": target})
 
+    def _fixed_validation_step(self, batch: Mapping[str, Tensor]) -> None:
+        """Sample this rank's share of a fixed-set batch (example index = rank modulo world) and update the
+        per-setting accumulators for the model and the input."""
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        mine = (batch["index"].cpu() % world) == rank
+        if not bool(mine.any()):
+            return
+        pick = mine.nonzero().flatten()
+        hint01 = batch["hint"][pick.to(batch["hint"].device)].float()
+        ids = batch["image_id"].cpu()[pick].long()
+        with self.ema_weights():
+            output = self._sample_model_range(to_model_range(hint01), self.sampler_spec, self.hparams.val_seed, ids)
+        output = from_model_range(output).float().cpu()
+        target = batch["target"].cpu()[pick].float()
+        requested = batch["requested"].cpu()[pick].float()
+        masks, fills = batch["mask"].cpu()[pick], batch["fill"].cpu()[pick].float()
+        settings = batch["setting"].cpu()[pick].tolist()
+        self.val_metrics["psnr"].update(output, target)
+        self.val_metrics["psnr_input"].update(requested, target)
+        for k, setting in enumerate(settings):
+            name = self._fixed_names[setting]
+            patch = name.split("/", 1)[0].startswith("p")
+            for source, image in (("model", output[k:k + 1]), ("input", requested[k:k + 1])):
+                slot = lambda metric: self.val_metrics[_metric_slot(name, metric, source)]  # noqa: E731
+                slot("psnr").update(image, target[k:k + 1])
+                slot("ssim").update(image, target[k:k + 1])
+                if patch:
+                    slot("palette_de2000").update(image, masks[k:k + 1], fills[k:k + 1])
+                else:
+                    palette, index = _palette_and_index(requested[k])
+                    slot("palette_de2000").update(image, index[None], [palette])
+                slot("texture_corr").update(image, target[k:k + 1])
+                slot("speckle").update(image, target[k:k + 1])
+        shown = max(0, self.hparams.val_max_images - self._val_count)
+        if shown:
+            self._val_count += min(shown, len(settings))
+            self._val_rows.append({"hint": hint01[:shown].cpu(), "output": output[:shown], "target": target[:shown]})
+
+    def _log_fixed_metrics(self) -> dict[str, float]:
+        """Compute (synced over ranks), log and reset the fixed set's accumulators; every rank logs the same."""
+        import warnings
+
+        from dequant.evaluation.report import gain
+
+        log_input = not self._input_logged and not self.trainer.sanity_checking
+        values: dict[str, float] = {}
+        with warnings.catch_warnings():
+            # A rank whose share of the set missed a setting still takes part in its sync.
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+            computed = {slot: float(metric.compute()) for slot, metric in self.val_metrics.items()}
+        for metric in self.val_metrics.values():
+            metric.reset()
+        values["val/psnr"] = computed["psnr"]
+        if log_input:
+            values["val/psnr_input"] = computed["psnr_input"]
+        for name in self._fixed_names:
+            for metric in VAL_METRICS:
+                model = computed[_metric_slot(name, metric, "model")]
+                given = computed[_metric_slot(name, metric, "input")]
+                if math.isnan(model):
+                    continue
+                values[f"val/{name}/{metric}"] = model
+                g = gain(metric, model, given)
+                if g is not None:
+                    values[f"val/{name}/{metric}_gain"] = g
+                if log_input:
+                    values[f"val/{name}/{metric}_input"] = given
+        for key, value in values.items():
+            if not math.isnan(value):
+                self.log(key, value, batch_size=1, add_dataloader_idx=False)
+        self._input_logged = self._input_logged or log_input
+        return values
+
+    def _log_best(self, values: Mapping[str, float]) -> None:
+        """Log the best-so-far value of the headline keys (`..._best`) over this and earlier validations."""
+        if self.trainer.sanity_checking:
+            return
+        keys = {"val/loss": False, "val/psnr": True}
+        keys.update({f"val/{name}/{m}": up for name in self._fixed_names for m, up in VAL_BEST.items()})
+        for key, higher in keys.items():
+            value = values.get(key)
+            if value is None or math.isnan(value):
+                continue
+            best = self._val_best.get(key)
+            if best is None or (value > best if higher else value < best):
+                self._val_best[key] = best = value
+            self.log(f"{key}_best", best, batch_size=1, add_dataloader_idx=False)
+
     def on_validation_epoch_end(self) -> None:
-        """Save the sample grid under samples_dir and hand it to every logger that takes images."""
+        """Log the fixed set's metrics and best-so-far values; save the sample grid under samples_dir and hand it
+        to every logger that takes images."""
+        values = self._log_fixed_metrics() if self._fixed_names else {}
+        if self._val_loss.update_called:
+            values["val/loss"] = float(self._val_loss.compute())
+        self._val_loss.reset()
+        if self._trainer is not None:
+            self._log_best(values)
         rows, self._val_rows = self._val_rows, []
         if not rows or self._trainer is None or not self.trainer.is_global_zero:
             return
@@ -395,6 +538,7 @@ class DequantModule(L.LightningModule):
         """Store the full run config so `load_model` can rebuild the module without Hydra files."""
         checkpoint["dequant_config"] = self.dequant_config()
         checkpoint["nonfinite_steps"] = {"total": self._nonfinite_total, "in_row": self._nonfinite_in_row}
+        checkpoint["val_best"] = dict(self._val_best)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the run config that came with the checkpoint (and the non-finite step counters)."""
@@ -403,6 +547,12 @@ class DequantModule(L.LightningModule):
         counts = checkpoint.get("nonfinite_steps") or {}
         self._nonfinite_total = int(counts.get("total", 0))
         self._nonfinite_in_row = int(counts.get("in_row", 0))
+        self._val_best = {str(k): float(v) for k, v in (checkpoint.get("val_best") or {}).items()}
+
+
+def _metric_slot(setting: str, metric: str, source: str) -> str:
+    """The `val_metrics` entry of one setting, metric and source (`model` or `input`); no dots (module names)."""
+    return f"{source}:{setting}:{metric}"
 
 
 def _net_node(config: Mapping) -> dict:
