@@ -64,7 +64,7 @@ def test_the_set_does_not_depend_on_the_jobs_palette_sizes_quantizer_or_dropout(
 def test_examples_are_the_evaluations_cases(folder: Path) -> None:
     dm = _dm(folder, ExampleMaker(crop_size=CROP, cue=TextureCue("G")))
     names = [s.name for s in dm.val_fixed_settings]
-    val_ids = dm._ids("val")
+    val_ids = [int(p) for p in dm.positions["val"]]
     first = [e for e in dm.val_fixed_examples if int(e["image_id"]) == val_ids[0]]
     assert [names[int(e["setting"])] for e in first] == names  # photo-major, every setting once
     assert [int(e["index"]) for e in dm.val_fixed_examples] == list(range(16))

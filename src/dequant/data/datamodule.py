@@ -565,7 +565,7 @@ class DequantDataModule(LightningDataModule):
         val = FixedExamples(self._source("val"), self.example, self.split_seed, VAL_TAG,
                             self.val_examples_per_image)
         self.val_examples = [val[i] for i in range(len(val))]
-        if self.val_fixed is not None:  # issue 27: the fixed validation set
+        if self.val_fixed is not None:  # the fixed validation set, the same problem for every job
             source = self._source("val")
 
             def photo(i: int) -> tuple[int, Tensor]:
