@@ -118,11 +118,12 @@ def test_sigterm_to_a_ddp_run_stops_both_ranks_together_then_resumes_exactly(tmp
     a, b = read_batch_log(_rank_log(ref, 0)), read_batch_log(_rank_log(ref, 1))
     assert sorted(a) == sorted(b) == list(range(MAX_STEPS)) and all(a[s] != b[s] for s in a)  # ranks differ
 
-    # Both ranks validate the same fixed examples and log the same numbers (no sync needed, none done).
+    # The ranks split the fixed validation set and torchmetrics sums their accumulators: both log the whole set's
+    # numbers, every one of them, per setting and best-so-far alike.
     rows = {rank: [json.loads(line) for line in path.read_text().splitlines()]
             for rank, path in ((0, metric_log), (1, metric_log.with_name(metric_log.name + ".rank1")))}
     assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [6, 12]
-    keys = {"val/loss", "val/psnr", "val/ssim", "val/l1", "val/texture_corr"}
     for r0, r1 in zip(rows[0], rows[1]):
-        assert keys <= r0["metrics"].keys(), r0
+        keys = {k for k in r0["metrics"] if k.startswith("val/")}
+        assert {"val/loss", "val/psnr", "val/psnr_best", "val/r/N4/psnr", "val/r_tex/N64/ssim"} <= keys, r0
         assert {k: r0["metrics"][k] for k in keys} == {k: r1["metrics"][k] for k in keys}
