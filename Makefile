@@ -54,11 +54,13 @@ sweep-demo: install
 		+sweep.evaluate_overrides.data.image_size=64 \
 		'+sweep.evaluate_overrides.data.paths=$${dq.assets:heldout_photos}'
 
-# The palette editor in the browser (docs/app.md) on the demo's checkpoint, at http://127.0.0.1:7860 only.
-APP_CKPT := $(DEMO_DIR)/train/checkpoints/last.ckpt
+# The palette editor in the browser (docs/app.md), at http://127.0.0.1:7860 only. By default it serves the model
+# shipped in the package (src/dequant/assets/pretrained: no training needed); any checkpoint or dequant-export folder
+# with e.g. `make app APP_CKPT=$(DEMO_DIR)/train/checkpoints/last.ckpt` (after `make demo`). dequant-app itself
+# refuses a path that names nothing, or a missing or damaged shipped model, in one line with exit code 2.
+APP_CKPT ?=
 app: install
-	@test -f $(APP_CKPT) || { echo "make app: $(APP_CKPT) is missing: run 'make demo' first" >&2; exit 2; }
-	$(BIN)/dequant-app --ckpt $(APP_CKPT)
+	$(BIN)/dequant-app $(if $(strip $(APP_CKPT)),--ckpt '$(strip $(APP_CKPT))')
 
 bench: install
 	$(BIN)/python experiments/bench_color.py

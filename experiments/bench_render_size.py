@@ -41,11 +41,18 @@ METRICS = ("psnr", "ssim", "speckle")
 METHODS = ("input", "native", "train+bicubic")
 TILE_ID_STRIDE = 100_000  # noise id of image i's tile t: i + TILE_ID_STRIDE * t (tile 0 = the whole image: id i)
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def default_images() -> str:
     """The held-out photos, or the shipped ones where that folder does not exist."""
     held = Path(assets_path("heldout_photos"))
     return str((held if held.is_dir() else Path(assets_path("images"))) / "*.jpg")
+
+
+def shown(value: object) -> str:
+    """A path or glob as the table names it: relative to the checkout, never a machine's folders."""
+    return str(value).replace(str(ROOT) + "/", "")
 
 
 def _int_list(text: str) -> list[int]:
@@ -165,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    text = (f"Render size on the r test (median cut, texture given): {args.ckpt}, {head['images']} photos "
-            f"({args.images}), training size {head['crop']} px; {head['formulation']}, sampler {head['sampler']}, "
+    text = (f"Render size on the r test (median cut, texture given): {shown(args.ckpt)}, {head['images']} photos "
+            f"({shown(args.images)}), training size {head['crop']} px; {head['formulation']}, sampler {head['sampler']}, "
             f"{head['network_evaluations']} network evaluations per call; native tiles {head['tile']} px (overlap "
             f"{head['tile'] // 4}, whole image up to {head['tile']}x{head['tile']}); {head['threads']} torch "
             f"threads, seed {args.seed}.\n\n" + table(rows) + "\n")

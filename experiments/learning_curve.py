@@ -5,7 +5,7 @@ output beats the quantized input on photos the run never saw. For each `step*.ck
 this samples the r test with the checkpoint's own sampler on held-out photos and prints, per setting, the model's
 PSNR / SSIM / speckle beside the input's.
 
-    python experiments/learning_curve.py RUN_DIR [--images 'src/dequant/assets/heldout_photos/*.jpg'] [--size 64]
+    python experiments/learning_curve.py RUN_DIR [--images 'src/dequant/assets/heldout_photos/*.jpg' MORE ...] [--size 64]
         [--sampler predictor|bridge|ddim|... --steps K] [--every k] [-o RUN_DIR/learning_curve.md]
 """
 
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     """Print (and optionally write) the learning curve of a run."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--images", default=str(Path(assets_path("heldout_photos")) / "*.jpg"))
+    parser.add_argument("--images", nargs="+", default=[str(Path(assets_path("heldout_photos")) / "*.jpg")],
+                        help="held-out photos: globs, files or folders (default: the package's heldout_photos)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--every", type=int, default=1, help="use every k-th checkpoint (default 1)")
     parser.add_argument("--sampler", default=None, help="sampler name (default: each checkpoint's own)")

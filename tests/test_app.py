@@ -122,14 +122,14 @@ def test_bad_input_shows_a_message_and_changes_nothing(page: Page, tiny_photos: 
     bad_file = tmp_path / "bad.jpg"
     bad_file.write_bytes(b"\x00" * 100)
     cases = {
-        "not a readable image": (page.load_upload, 12, (str(bad_file), 6, "median cut", state)),
+        "not a readable image": (page.load_upload, 14, (str(bad_file), 6, "median cut", state)),
         "N must be": (page.requantize, 8, (80, "median cut", state)),
         "is not a color": (page.set_swatch, 8, ("1. #000000", "#12345g", state)),
         "no swatch": (page.set_swatch, 8, ("9. #000000", "#123456", state)),
         "score must be": (page.from_photo, 8, (str(tiny_photos[1]), "bogus", state)),
         "click a point": (page.region, 3, ("palette color", 0, 10, "#ff0000", state)),
-        "steps must be at least 1": (page.render, 4, (True, "checkpoint's", 0, 0, None, None, False, state, None)),
-        "sampler settings": (page.render, 4, (True, "ddim", 2, 0, 5, None, False, state, None)),
+        "steps must be at least 1": (page.render, 6, (True, "checkpoint's", 0, 0, None, None, False, state, None)),
+        "sampler settings": (page.render, 6, (True, "ddim", 2, 0, 5, None, False, state, None)),
     }
     for expected, (fn, n_out, args) in cases.items():
         out = _guarded(fn, n_out)(*args)
@@ -155,8 +155,8 @@ def test_render_is_the_models_output_at_the_photos_own_size(renderer: ed.Rendere
     monkeypatch.setattr(ed.Renderer, "run", lambda self, h, *a, **k: seen.append((h, real_run(self, h, *a, **k)))
                         or seen[-1][1])
     calls = []
-    msg, before, after, path = page.render(True, "checkpoint's", None, 3, None, None, False, state,
-                                           progress=lambda f, desc=None: calls.append(f))
+    msg, before, after, path, classical, table = page.render(True, "checkpoint's", None, 3, None, None, False,
+                                                             state, progress=lambda f, desc=None: calls.append(f))
     photo = load_rgb(tiny_photos[0])
     assert msg == "rendered at 72x48" and after.shape == before.shape == (48, 72, 3)
     assert calls and all(0 < f < 1 for f in calls)
@@ -172,6 +172,66 @@ def test_render_is_the_models_output_at_the_photos_own_size(renderer: ed.Rendere
     assert np.array_equal(before, _u8(photo))
     again = page.render(True, "checkpoint's", None, 3, None, None, False, state, progress=None)[2]
     assert np.array_equal(after, again), "a render is seeded"
+    # Beside it the classical transfer of the same request, also at the photo's own size.
+    assert classical.shape == after.shape and not np.array_equal(classical, after)
+    assert "the model" in table and "classical (Reinhard, Lab)" in table
+
+
+def test_the_classical_transfer_is_reinhards_of_the_request_at_the_photos_size(renderer: ed.Renderer,
+                                                                                tiny_photos: list[Path]) -> None:
+    """The comparison beside the model's render: Reinhard's transfer in CIELab of the photo at its own size to the
+    statistics of the requested (recolored quantized) image, as the evaluation runs that baseline, and both
+    results' palette obedience and kept texture measured at the working size."""
+    from dequant.evaluation.baselines import reinhard_transfer
+
+    page = Page(renderer, max_side=48)  # the 72x48 photo is edited at 48x32
+    state = _loaded(page, tiny_photos[0])
+    for i, color in enumerate(("#ff00ff", "#00c0ff", "#f0e020")):
+        state = page.set_swatch(f"{i + 1}. x", color, state)[1]
+    msg, before, after, path, classical, table = page.render(True, "checkpoint's", None, 0, None, None, False,
+                                                             state, progress=None)
+    photo = page.store.get(state["photo"])
+    q = ed.quantize_photo(photo, state["n"], state["quantizer"])
+    target = page._target(state)
+    requested = ed.recolored(q, target)
+    assert requested.shape[-2:] == (32, 48)
+    expected = reinhard_transfer(load_rgb(tiny_photos[0]), requested, space="lab")
+    assert expected.shape[-2:] == (48, 72) and classical.shape == after.shape == (48, 72, 3)
+    assert np.abs(classical.astype(int) - _u8(expected).astype(int)).max() <= 1
+    assert np.abs(classical.astype(int) - after.astype(int)).mean() > 1, "the classical image is the model's"
+    assert classical.dtype == np.uint8
+    # The table holds both results' scores, those of editor.scores.
+    model_scores = ed.scores(photo, q, target, torch.from_numpy(after).permute(2, 0, 1).float() / 255)
+    classical_scores = ed.scores(photo, q, target, expected)
+    rows = {line.split("|")[1].strip(): [float(v) for v in line.split("|")[2:4]]
+            for line in table.splitlines()[2:]}
+    assert set(rows) == {"the model", "classical (Reinhard, Lab)"}
+    assert rows["the model"] == pytest.approx([model_scores["palette_de2000"], model_scores["texture_corr"]],
+                                              abs=0.01)
+    assert rows["classical (Reinhard, Lab)"] == pytest.approx(
+        [classical_scores["palette_de2000"], classical_scores["texture_corr"]], abs=0.01)
+    # A new photo clears the comparison.
+    loaded = page.load_upload(str(tiny_photos[1]), 6, "median cut", state)
+    assert loaded[-2] is None and loaded[-1] == ""
+
+
+def test_scores_measure_palette_obedience_and_kept_texture(renderer: ed.Renderer, tiny_photos: list[Path]) -> None:
+    page = Page(renderer, max_side=128)  # edited at the photo's own size
+    state = _loaded(page, tiny_photos[0])
+    state = page.set_swatch("1. x", "#ff00ff", state)[1]
+    photo = page.store.get(state["photo"])
+    q = ed.quantize_photo(photo, state["n"], state["quantizer"])
+    target = page._target(state)
+    asked = ed.scores(photo, q, target, ed.recolored(q, target))
+    assert asked["palette_de2000"] < 0.01, "the requested image itself follows the palette exactly"
+    unchanged = ed.scores(photo, q, target, photo.full_float)
+    assert unchanged["texture_corr"] > 0.999 and unchanged["palette_de2000"] > 5
+    ot = ed.classical_transfer(photo, q, target, "ot")
+    assert ot.shape == photo.full_float.shape and not torch.equal(ot, ed.classical_transfer(photo, q, target))
+    with pytest.raises(ed.AppError, match="classical transfer must be one of"):
+        ed.classical_transfer(photo, q, target, "bogus")
+    with pytest.raises(ValueError, match="classical must be one of"):
+        Page(renderer, classical="bogus")
 
 
 def test_the_page_keeps_the_last_16_results(page: Page, tiny_photos: list[Path], monkeypatch) -> None:
@@ -238,6 +298,7 @@ def test_region_follows_the_clicked_color_and_is_pasted_back(page: Page, tiny_ph
     out = page.render_region("palette color", 0, 0, "#00ff00", True, "checkpoint's", None, 0, None, None, False,
                              state, progress=None)
     assert out[0] == "region rendered at 72x48"
+    assert out[4] is None and "not of a region" in out[5], "no classical comparison for a region render"
     result, photo = load_rgb(out[3]), load_rgb(tiny_photos[0])
     from scipy import ndimage
 
@@ -263,7 +324,7 @@ def test_region_follows_the_clicked_color_and_is_pasted_back(page: Page, tiny_ph
 def test_every_render_has_a_time_limit(tiny_ckpt: Path, tiny_photos: list[Path]) -> None:
     slow = Page(ed.Renderer(tiny_ckpt, time_limit=1e-9), max_side=128)
     state = _loaded(slow, tiny_photos[0])
-    out = _guarded(slow.render, 4)(True, "checkpoint's", None, 0, None, None, False, state, None)
+    out = _guarded(slow.render, 6)(True, "checkpoint's", None, 0, None, None, False, state, None)
     assert "time limit" in out[0]
     slow.renderer.time_limit = 120.0  # the page keeps working after a stopped render
     assert slow.render(True, "checkpoint's", None, 0, None, None, False, state, progress=None)[0].startswith(

@@ -14,6 +14,7 @@ import subprocess
 import time
 import types
 from pathlib import Path
+from urllib.parse import urljoin
 
 import numpy as np
 import pytest
@@ -183,32 +184,41 @@ def _upload(page, path: Path) -> None:
     chooser.value.set_files(str(path))
 
 
-def _render_and_download(page, out: Path) -> Image.Image:
+def _render_and_download(page, out: Path) -> tuple[Image.Image, Image.Image]:
+    """Render, download the model's result; also the classical transfer the page shows beside it (its PNG)."""
+    import io
+
     page.locator("#render").click()
     _status(page, "rendered at")
     page.locator("#result img").wait_for(timeout=STEP_MS)
+    classical = page.locator("#classical img")
+    classical.wait_for(timeout=STEP_MS)
+    page.locator("#comparison").filter(has_text="classical (Reinhard, Lab)").wait_for(timeout=STEP_MS)
+    shown = page.request.get(urljoin(page.url, classical.get_attribute("src")), timeout=STEP_MS)
+    assert shown.ok, shown.status
     with page.expect_download(timeout=STEP_MS) as dl:
         page.locator("#download a").first.click()
     dl.value.save_as(out)
-    return Image.open(out).convert("RGB")
+    return Image.open(out).convert("RGB"), Image.open(io.BytesIO(shown.body())).convert("RGB")
 
 
-def _expected_render(app, photo: Path) -> np.ndarray:
+def _expected_render(app, photo: Path) -> tuple[np.ndarray, np.ndarray]:
     """What the page renders for `photo` with swatch 1 set to #e0218a and the default settings, computed in this
-    process by the server's own Page (renders are seeded): the PNG the browser must download."""
+    process by the server's own Page (renders are seeded): the PNG the browser must download, and the classical
+    transfer shown beside it."""
     from dequant.data.io import load_rgb
 
     state = app.page.load_upload(str(photo), 8, "median cut", {})[1]
     state = app.page.set_swatch("1. x", "#e0218a", state)[1]
-    path = app.page.render(True, f"checkpoint's ({app.page.renderer.default_sampler})", None, 0, None, None, False,
-                           state, progress=None)[3]
-    return (load_rgb(path) * 255).round().byte().permute(1, 2, 0).numpy()
+    out = app.page.render(True, f"checkpoint's ({app.page.renderer.default_sampler})", None, 0, None, None, False,
+                          state, progress=None)
+    return (load_rgb(out[3]) * 255).round().byte().permute(1, 2, 0).numpy(), out[4]
 
 
 def test_edit_and_render_in_the_browser(app, browser, tiny_photos: list[Path], tmp_path: Path) -> None:
     """Upload a photo larger than --max-side, change a swatch, render, download at the photo's own size: exactly
-    the page's render; click a region and render it; a bad upload shows a message and the next good upload still
-    renders."""
+    the page's render, with the classical transfer (Reinhard, Lab) beside it at the same size and both results'
+    scores; click a region and render it; a bad upload shows a message and the next good upload still renders."""
     server = app.url
     photo = tiny_photos[0]  # chelsea.jpg downsized to 72x48: edited at 48x32
     renders: list[tuple[int, ...]] = []  # the size of each hint the model got
@@ -235,14 +245,20 @@ def test_edit_and_render_in_the_browser(app, browser, tiny_photos: list[Path], t
         assert "#e0218a" in page.locator("#swatches").inner_text()
         page.screenshot(path=tmp_path / "3_swatch.png", full_page=True)
 
-        result = _render_and_download(page, tmp_path / "download_1.png")
+        result, classical = _render_and_download(page, tmp_path / "download_1.png")
         # Rendered at the working size (long side --max-side), resized back to the photo's own size, and exactly
-        # the page's render of the photo with that swatch.
-        assert renders == [(7, 32, 48)] and result.size == (72, 48)
-        assert np.array_equal(np.asarray(result), _expected_render(app, photo))
+        # the page's render of the photo with that swatch; the classical transfer beside it at the same size.
+        assert renders == [(7, 32, 48)] and result.size == classical.size == (72, 48)
+        expected, expected_classical = _expected_render(app, photo)
+        assert np.array_equal(np.asarray(result), expected)
+        assert np.array_equal(np.asarray(classical), expected_classical)
+        assert not np.array_equal(np.asarray(classical), expected)
+        assert "palette ΔE00" in page.locator("#comparison").inner_text()
         page.screenshot(path=tmp_path / "4_rendered.png", full_page=True)
 
         page.get_by_role("tab", name="Recolor a region").click()
+        # The results and the comparison table make the page taller than the window: the download scrolled it.
+        page.locator("#source img").scroll_into_view_if_needed(timeout=STEP_MS)
         box = page.locator("#source img").bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         assert "of the photo" in _status(page, "region at")
@@ -250,6 +266,8 @@ def test_edit_and_render_in_the_browser(app, browser, tiny_photos: list[Path], t
         page.locator("#render-region").click()
         _status(page, "region rendered at 72x48")
         assert len(renders) == 3 and renders[-1] == (7, 32, 48)
+        page.locator("#comparison").filter(has_text="not of a region").wait_for(timeout=STEP_MS)
+        assert page.locator("#classical img").count() == 0, "a region render shows no classical transfer"
         page.screenshot(path=tmp_path / "5_region.png", full_page=True)
 
         bad = tmp_path / "broken.png"
@@ -260,8 +278,8 @@ def test_edit_and_render_in_the_browser(app, browser, tiny_photos: list[Path], t
 
         _upload(page, tiny_photos[1])  # coffee.jpg downsized to 60x40
         _status(page, "60x40")
-        again = _render_and_download(page, tmp_path / "download_2.png")
-        assert again.size == (60, 40)
+        again, classical_again = _render_and_download(page, tmp_path / "download_2.png")
+        assert again.size == classical_again.size == (60, 40)
         page.screenshot(path=tmp_path / "7_rendered_again.png", full_page=True)
         assert not elsewhere, f"the page asked other hosts for {elsewhere[:5]}"
     finally:

@@ -322,8 +322,9 @@ EDIT_ERRORS: dict[str, tuple[list[str], str | re.Pattern]] = {
                          "dequant-edit transfer: error: --ckpt {tmp}/text.ckpt: not a usable dequant model (path "
                          "'{tmp}/text.ckpt' is not a readable checkpoint (RuntimeError))"),
     "missing checkpoint": (["transfer", "{photo}", "--ckpt", "{tmp}/none.ckpt", "--colormap", "viridis"],
-                           "dequant-edit transfer: error: --ckpt {tmp}/none.ckpt: not a usable dequant model (path "
-                           "'{tmp}/none.ckpt' does not exist)"),
+                           "dequant-edit transfer: error: --ckpt '{tmp}/none.ckpt' names no file or folder and is "
+                           "not 'pretrained' (the shipped model): pass a checkpoint from train.py, a dequant-export "
+                           "folder, or leave it out"),
     "cue of another checkpoint": (["transfer", "{photo}", *_CK, "--cue", "L", "--colormap", "viridis"],
                                   "dequant-edit transfer: error: --cue L: the checkpoint was trained with the 'T' "
                                   "texture cue (pass --cue T or leave --cue out)"),
@@ -350,8 +351,6 @@ EDIT_ERRORS: dict[str, tuple[list[str], str | re.Pattern]] = {
     "no target": (["transfer", "{photo}", *_CK],
                   "dequant-edit transfer: error: one of the arguments --palette --palette-from --colormap is "
                   "required"),
-    "no checkpoint": (["transfer", "{photo}", "--colormap", "viridis"],
-                      "dequant-edit transfer: error: the following arguments are required: --ckpt"),
     "unknown resolution": (["transfer", "{photo}", *_CK, "--colormap", "viridis", "--resolution", "full"],
                            "dequant-edit transfer: error: argument --resolution: invalid choice: 'full' (choose "
                            "from 'native', 'train')"),

@@ -106,3 +106,22 @@ def test_bench_data_reuse_counts_the_segmentations_a_cold_cache_pays(tiny_photos
     # p_superpixel 0.9: most cold patch examples segment once. 40 uses of an image need more segmentations than
     # its (scale bucket, segmenter) pairs (at most 7 x 4 here), so later examples find theirs cached.
     assert 0 < cold <= 1 and reused < cold and ms_cold > 0 and ms_reused > 0
+
+
+def test_bench_edit_12mp_times_dequant_edit_in_a_fresh_process(tiny_ckpt, tmp_path, capsys):
+    """The 12 MP benchmark, end to end at a small size: dequant-edit transfer runs once as a pinned one-thread
+    child; the table has the setting, the measurements and the targets, and names no machine folder."""
+    bench = _script("bench_edit_12mp")
+    out = tmp_path / "bench.md"
+    assert bench.main(["--ckpt", str(tiny_ckpt), "--size", "96x64", "--repeats", "1", "-n", "4",
+                       "-o", str(out)]) == 0
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    for row in ("| photo size | 96x64 |", "| megapixels | 0.0 |", "| palette size N | 4 |", "| repeats | 1 |",
+                "| checkpoint | last.ckpt |", "| threads | 1 (", "| wall < 60 s (max) | ",
+                "| peak RSS < 3 GB (max) | "):
+        assert row in text, row
+    wall, peak = (line.split("|")[2] for line in text.splitlines() if line.startswith(("| wall s", "| peak RSS GB")))
+    assert float(wall.split("/")[1]) > 0 and 0.05 < float(peak.split("/")[1]) < 50
+    assert "/tmp" not in text and str(tmp_path) not in text and str(bench.ROOT) not in text
+    assert bench.main(["--photo", "no_such_photo.jpg", "--repeats", "1"]) == 1

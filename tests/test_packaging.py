@@ -79,6 +79,30 @@ def test_wheel_holds_every_module_config_and_asset(wheel: Path) -> None:
     assert not missing, f"not in the wheel (add the package to [tool.setuptools] packages): {missing[:10]}"
 
 
+def test_wheel_ships_the_pretrained_model(wheel: Path) -> None:
+    """The model dequant runs when no checkpoint is given travels in the wheel, every file intact (SHA256SUMS)."""
+    import hashlib
+
+    from dequant.models.pretrained import REQUIRED_FILES, SUMS_FILE, read_sha256sums
+
+    folder = ROOT / "src" / "dequant" / "assets" / "pretrained"
+    if not folder.is_dir():
+        pytest.skip("this checkout has no src/dequant/assets/pretrained yet (experiments/release_model.py writes it)")
+    inside = "dequant/assets/pretrained"
+    for rel in (SUMS_FILE, *REQUIRED_FILES):
+        assert (folder / rel).is_file(), f"the checkout's shipped model lacks {rel}"
+    with zipfile.ZipFile(wheel) as whl:
+        names = set(whl.namelist())
+        assert f"{inside}/{SUMS_FILE}" in names and f"{inside}/unet/diffusion_pytorch_model.safetensors" in names
+        for rel, expected in read_sha256sums(folder).items():
+            assert f"{inside}/{rel}" in names, f"not in the wheel: {inside}/{rel}"
+            digest = hashlib.sha256()
+            with whl.open(f"{inside}/{rel}") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            assert digest.hexdigest() == expected, f"{inside}/{rel} in the wheel differs from SHA256SUMS"
+
+
 @pytest.mark.slow
 def test_installed_wheel_trains_from_an_empty_folder(wheel: Path, tmp_path: Path) -> None:
     """`dequant-train --cfg job` from an empty folder, the package installed from the wheel (not editable)."""
@@ -99,6 +123,13 @@ def test_installed_wheel_trains_from_an_empty_folder(wheel: Path, tmp_path: Path
                             "print(c.conf_dir())"], cwd=empty, env=env, capture_output=True, text=True, timeout=120)
     package_file, config_dir = where.stdout.split()
     assert Path(package_file).is_relative_to(site) and Path(config_dir) == site / "dequant" / "conf", where.stdout
+    # The shipped model is found inside the installed package, and intact when this checkout has it.
+    shipped = subprocess.run([str(py), "-c", "from dequant.models.pretrained import pretrained_dir, "
+                              "verify_pretrained; print(pretrained_dir()); pretrained_dir().is_dir() and "
+                              "verify_pretrained()"],
+                             cwd=empty, env=env, capture_output=True, text=True, timeout=300)
+    assert shipped.returncode == 0, shipped.stderr[-2000:]
+    assert Path(shipped.stdout.strip()) == site / "dequant" / "assets" / "pretrained", shipped.stdout
     train = env_dir / "bin" / "dequant-train"
     proc = subprocess.run([str(train), "--cfg", "job", "--resolve", "experiment=demo", "trainer.max_steps=3"],
                           cwd=empty, env=env, capture_output=True, text=True, timeout=300)

@@ -78,5 +78,5 @@ def train_main() -> None:
 
 
 def evaluate_main() -> None:
-    """Console script `dequant-evaluate`: `dequant-evaluate ckpt_path=<ckpt or export> [tests=rhtpm]`."""
+    """Console script `dequant-evaluate`: `dequant-evaluate ckpt_path=<ckpt, export or pretrained> [tests=rhtpm]`."""
     hydra_app(evaluate_task, "evaluate")()

@@ -50,11 +50,13 @@ def sweep_group(sweep_dir: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Register `${dq.assets:images}`, `${dq.sum:a,b,...}`, `${dq.slurm_mem_gb:...}`, `${dq.override_suffix:}` and
-    `${dq.sweep_group:<dir>}`; safe to call more than once."""
+    """Register `${dq.assets:images}`, `${dq.sum:a,b,...}`, `${dq.slurm_mem_gb:...}`, `${dq.override_suffix:}`,
+    `${dq.sweep_group:<dir>}` and `${dq.cpu_precision:}`; safe to call more than once."""
+    from dequant.hardware import cpu_precision
+
     for name, fn in (("dq.assets", assets_path), ("dq.sum", lambda *values: sum(values)),
                      ("dq.slurm_mem_gb", slurm_mem_gb), ("dq.override_suffix", override_suffix),
-                     ("dq.sweep_group", sweep_group)):
+                     ("dq.sweep_group", sweep_group), ("dq.cpu_precision", cpu_precision)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

@@ -2,10 +2,13 @@
 
 Subcommands (SPEC 3, 4):
 - `quantize PHOTO -n 16 -o out.png`: the photo quantized at its own size (no model); prints the palette as hex.
-- `transfer PHOTO --ckpt CKPT (--palette HEX,... | --palette-from OTHER | --colormap NAME) -o out.png`: quantize,
+- `transfer PHOTO [--ckpt CKPT] (--palette HEX,... | --palette-from OTHER | --colormap NAME) -o out.png`: quantize,
   match the palette to the target colors by weighted bipartite matching, let the model render the recolored image.
-- `recolor PHOTO --ckpt CKPT (--mask MASK.png | --point X,Y) --color HEX -o out.png`: fill a region with a flat
+- `recolor PHOTO [--ckpt CKPT] (--mask MASK.png | --point X,Y) --color HEX -o out.png`: fill a region with a flat
   color and let the model render it with the photo's texture.
+
+The model (`--ckpt`) is a Lightning checkpoint from train.py, a dequant-export folder, or, by default, `pretrained`:
+the model shipped in the package (`dequant.models.pretrained`), its files checked against their SHA256SUMS first.
 
 Resolution (`--resolution`, default `DEFAULT_RESOLUTION`):
 - `native`: the model runs at the photo's own size (the concat UNet is convolutional): the whole photo in one
@@ -42,6 +45,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from dequant.data.resize import resize
+from dequant.models.pretrained import PRETRAINED
 
 PROG = "dequant-edit"
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -59,6 +63,9 @@ DEFAULT_RESOLUTION = "native"
 DEFAULT_MAX_SIDE = 1024
 # --resolution native: the default tile side, in training crops (2: a 128 px tile for a model trained on 64 px crops).
 TILE_CROPS = 2
+
+CKPT_HELP = ("Lightning checkpoint (.ckpt) from train.py, a dequant-export folder, or 'pretrained' (default: "
+             "pretrained, the model shipped in the package (src/dequant/assets/pretrained/MODEL_CARD.md))")
 
 RESOLUTION_NOTE = (
     f"Resolution (--resolution, default {DEFAULT_RESOLUTION}): native runs the model at the photo's own size (long "
@@ -125,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(p: argparse.ArgumentParser) -> None:
         """Options shared by the subcommands that run the model."""
-        p.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt) or a dequant-export folder")
+        p.add_argument("--ckpt", default=PRETRAINED, help=CKPT_HELP)
         p.add_argument("--cue", choices=CUE_CHOICES, default=None,
                        help="texture cue; must be the one the checkpoint was trained with (default: it)")
         p.add_argument("--steps", type=_positive, default=None,
@@ -354,7 +361,11 @@ class _Model:
         from dequant.evaluation.runner import build_matcher, build_quantizer, checkpoint_crop_size, checkpoint_cue
         from dequant.models.exported import read_dequant_config
         from dequant.models.module import load_model
+        from dequant.models.pretrained import resolve_model
 
+        # Outside the try below: a path that names nothing, or a missing or damaged shipped model, is its own
+        # one-line message, not "not a usable dequant model".
+        ckpt = resolve_model(ckpt, "--ckpt")
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             self.config = read_dequant_config(ckpt)

@@ -63,9 +63,13 @@ def export(ckpt: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool 
 
 
 def load_exported(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """Rebuild a DequantModule (without EMA, see the module docstring) from a folder written by `export`."""
+    """Rebuild a DequantModule (without EMA, see the module docstring) from a folder written by `export`, or from
+    `"pretrained"`: the model shipped in the package."""
     from dequant.models.module import load_model
+    from dequant.models.pretrained import PRETRAINED, resolve_model
 
+    if str(path) == PRETRAINED:
+        path = resolve_model(path, what="path")
     if not is_exported(path):
         read_dequant_config(path)  # the precise error: missing, not a folder, no config
         raise ValueError(f"path {str(path)!r} is not an exported folder")

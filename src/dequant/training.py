@@ -254,6 +254,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         callbacks.insert(0, WandbPreempting([c for c in callbacks if isinstance(c, PreemptionCheckpoint)]))
     plugins = trainer_plugins(instantiate(cfg.trainer.get("plugins")) or [])
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins)
+    if trainer.is_global_zero and str(cfg.trainer.get("accelerator")) == "cpu":
+        from dequant.hardware import describe_cpu_precision
+
+        log.info(describe_cpu_precision(str(cfg.trainer.precision)))
     if trainer.is_global_zero:
         from dequant.wandb_run import log_run_info, run_info
 

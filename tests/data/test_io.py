@@ -273,3 +273,14 @@ def test_save_and_load_split(tmp_path):
     data = json.loads(path.read_text())
     assert set(data) == {"train", "val", "test"} and all(isinstance(p, str) for p in data["train"])
     assert load_split(path) == split
+
+
+def test_relative_split_entries_are_relative_to_the_split_file(tmp_path):
+    # The shipped model's split names the package's photos from its own folder (../images/coffee.jpg).
+    folder = tmp_path / "assets" / "pretrained"
+    folder.mkdir(parents=True)
+    (folder / "split.json").write_text(json.dumps({"train": ["../images/a.jpg"], "val": [],
+                                                   "test": ["../heldout/b.jpg", str(tmp_path / "c.jpg")]}))
+    split = load_split(folder / "split.json")
+    assert split["train"] == [folder / "../images/a.jpg"] and split["val"] == []
+    assert split["test"] == [folder / "../heldout/b.jpg", tmp_path / "c.jpg"]

@@ -1,9 +1,11 @@
-"""`dequant-app --ckpt CKPT [--host 127.0.0.1] [--port 7860]`: serve the palette editor page.
+"""`dequant-app [--ckpt CKPT] [--host 127.0.0.1] [--port 7860]`: serve the palette editor page.
 
-Listens on 127.0.0.1 unless --host says otherwise (then warns that anyone on the network can use it). A checkpoint
-that cannot load, or a missing optional dependency, is a one-line error and exit code 2. The page serves no file
-outside Gradio's own upload and cache folders (nothing is added to `allowed_paths`); uploads are capped in bytes by
-Gradio and in pixels by the editor, before decoding.
+Without --ckpt (or with `--ckpt pretrained`) it serves the model shipped in the package
+(`dequant.models.pretrained`). Listens on 127.0.0.1 unless --host says otherwise (then warns that anyone on the
+network can use it). A checkpoint that cannot load (a path that names nothing, a shipped model missing from the
+install or damaged), or a missing optional dependency, is a one-line error and exit code 2, and nothing is served.
+The page serves no file outside Gradio's own upload and cache folders (nothing is added to `allowed_paths`);
+uploads are capped in bytes by Gradio and in pixels by the editor, before decoding.
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ def _port(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `dequant-app` argument parser."""
-    from dequant.edit import DEFAULT_MAX_SIDE, _Parser, _positive
+    from dequant.edit import CKPT_HELP, DEFAULT_MAX_SIDE, _Parser, _positive
+    from dequant.models.pretrained import PRETRAINED
 
     p = _Parser(prog=PROG, description="Serve the dequant palette editor in the browser (docs/app.md).")
-    p.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt) or a dequant-export folder")
+    p.add_argument("--ckpt", default=PRETRAINED, help=CKPT_HELP)
     p.add_argument("--host", default=LOCAL_HOST,
                    help=f"address to listen on (default {LOCAL_HOST}: this machine only; anything else lets "
                         "anyone on the network use the page)")
@@ -64,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_page(args: argparse.Namespace):  # noqa: ANN201 - returns a gradio Blocks; gradio is imported lazily
-    """Load the model and build the page (ValueError with a one-line reason when the checkpoint cannot load)."""
+    """Load the model and build the page (ValueError with a one-line reason when the checkpoint cannot load:
+    `Renderer` resolves `pretrained` and checks the path before loading)."""
     from dequant.app.editor import Renderer
     from dequant.app.page import Page, build
 

@@ -5,6 +5,10 @@ Everything the page shows is computed at the photo's working size (its own size,
 live in a bounded store (`PhotoStore`): the page's per-session state holds only a key and a few numbers, so many
 uploads in a row cost at most `capacity` photos of memory. Bad input raises `AppError`, whose message the page
 shows as it is.
+
+Beside the model's render the page shows the classical color transfer a user would pick instead
+(`classical_transfer`: Reinhard et al.'s in CIELab by default, at the photo's own size, no model), and for both how
+closely they follow the asked palette and how much of the photo's texture they keep (`scores`).
 """
 
 from __future__ import annotations
@@ -183,6 +187,48 @@ def recolored(q: Quantized, target: Tensor) -> Tensor:
     from dequant.color.matching import transfer
 
     return transfer(q, target, torch.arange(q.n_colors)).image
+
+
+# The classical color transfers the page can show beside the model (dequant.evaluation.baselines): name -> label.
+CLASSICAL: dict[str, str] = {"reinhard": "Reinhard, Lab", "ot": "optimal transport, RGB"}
+
+
+def classical_transfer(photo: Photo, q: Quantized, target: Tensor, method: str = "reinhard") -> Tensor:
+    """The classical answer to the same request, at the photo's own size and without the model: the photo's colors
+    moved to the statistics of the requested image (the quantized image recolored to `target`, the model's color
+    input), called as the evaluation calls the baseline (conf/baselines/all.yaml: `inputs: [source, requested]`).
+
+    `reinhard` (default): Reinhard et al.'s mean/std matching per CIELab channel, about 10 s on a 12 MP photo.
+    `ot`: optimal-transport transfer (POT EMD on 2000 pixel samples, every pixel moved like its nearest sample; the
+    nearest-sample search grows with the photo's pixels, so it is slower on large photos).
+    """
+    from dequant.evaluation.baselines import ot_transfer, reinhard_transfer
+
+    if method not in CLASSICAL:
+        raise AppError(f"classical transfer must be one of {list(CLASSICAL)}, got {method!r}")
+    requested = recolored(q, target).float()
+    if method == "ot":
+        return ot_transfer(photo.full_float, requested, n_samples=2000, seed=0, method="emd",
+                           max_iter=10_000_000)
+    return reinhard_transfer(photo.full_float, requested, space="lab")
+
+
+def scores(photo: Photo, q: Quantized, target: Tensor, image: Tensor) -> dict[str, float]:
+    """How a result `(3, H, W)` at the photo's own size answers the request, both measured at the working size
+    (the result shrunk to it by area averaging), where the palette was asked for:
+
+    - `palette_de2000`: palette obedience, the evaluation's metric (`dequant.metrics.palette_error_ciede`):
+      CIEDE2000 between each asked color `target[i]` and the result's mean color over the pixels of palette color
+      i, weighted by area. Lower follows the asked palette more closely.
+    - `texture_corr`: texture kept (`dequant.metrics.texture_fidelity`): correlation of the result's gray gradient
+      magnitudes with the photo's. 1 keeps every edge and grain of the photo.
+    """
+    from dequant.edit import resize
+    from dequant.metrics import palette_error_ciede, texture_fidelity
+
+    small = resize(image.float(), *photo.work.shape[-2:])
+    return {"palette_de2000": float(palette_error_ciede(small, q.index, target.float())[0]),
+            "texture_corr": float(texture_fidelity(small, photo.work)[0])}
 
 
 def palette_from_photo(q: Quantized, other: Tensor, quantizer: str, score: str) -> Tensor:

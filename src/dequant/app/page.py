@@ -2,7 +2,9 @@
 
 Every handler returns a status line (elem_id `status`) besides its outputs; bad input shows there and leaves the
 other outputs as they were, so the page keeps working. The per-session state is a small dict (photo key, N,
-quantizer, the edited palette as hex, the last click), never image data.
+quantizer, the edited palette as hex, the last click), never image data. A render shows, beside the model's
+result, the classical color transfer of the same request (`editor.classical_transfer`) and a table of both
+results' palette obedience and kept texture (`editor.scores`).
 """
 
 from __future__ import annotations
@@ -48,12 +50,33 @@ def swatches_html(source: Tensor, target: Tensor, fractions: Tensor) -> str:
     return f"<div class='swatches' style='{_SWATCHES}'>{''.join(cells)}</div>"
 
 
+def classical_label(method: str) -> str:
+    """The caption of the classical result on the page."""
+    return f"Classical ({ed.CLASSICAL[method]}) — for comparison"
+
+
+def comparison_markdown(model: dict[str, float], classical: dict[str, float], method: str) -> str:
+    """The two results' scores (`editor.scores`) as a small table, with what each column means."""
+    rows = [("the model", model), (f"classical ({ed.CLASSICAL[method]})", classical)]
+    lines = ["| result | palette ΔE00 to the asked colors (lower: follows the palette) | texture kept: gradient "
+             "correlation with the photo (1: all of it) |", "|---|---|---|"]
+    lines += [f"| {name} | {sc['palette_de2000']:.2f} | {sc['texture_corr']:.3f} |" for name, sc in rows]
+    return "\n".join(lines)
+
+
+# Shown instead of the table after a region render (the comparison is of whole-palette renders).
+NO_COMPARISON = "*(The classical comparison is shown for renders of the whole palette, not of a region.)*"
+
+
 class Page:
     """The editor behind one running page: a photo store, a renderer, a folder for downloads."""
 
     def __init__(self, renderer: ed.Renderer, *, max_side: int = 1024, max_pixels: int = ed.MAX_PIXELS,
-                 store_capacity: int = 8) -> None:
+                 store_capacity: int = 8, classical: str = "reinhard") -> None:
+        if classical not in ed.CLASSICAL:
+            raise ValueError(f"classical must be one of {list(ed.CLASSICAL)}, got {classical!r}")
         self.renderer = renderer
+        self.classical = classical
         self.max_side = max_side
         self.max_pixels = max_pixels
         self.store = ed.PhotoStore(store_capacity)
@@ -122,7 +145,7 @@ class Page:
                  "click": None}
         h, w = photo.full.shape[-2:]
         msg = f"{photo.name}: {w}x{h}, {q.n_colors} colors"
-        return (msg, state, _u8(photo.work), *self._view(state), None, None, None)
+        return (msg, state, _u8(photo.work), *self._view(state), None, None, None, None, "")
 
     def requantize(self, n: Any, quantizer: str, state: dict) -> tuple:
         """The same photo with another N or quantizer (the palette edits start over; kept when neither changed,
@@ -239,14 +262,21 @@ class Page:
 
     def render(self, cue: bool, sampler: str, steps: Any, seed: Any, start: Any, guidance: Any, post_l: bool,
                state: dict, progress: Any = gr.Progress()) -> tuple:  # noqa: B008 - Gradio injects it
-        """The photo in the edited palette, rendered by the model at its own size."""
+        """The photo in the edited palette, rendered by the model at its own size; beside it the classical
+        transfer of the same request at the same size, and both results' scores."""
         opts = self._options(cue, sampler, steps, seed, start, guidance, post_l)
         photo, q = self._photo_q(state)
+        target = self._target(state)
         report = None if progress is None else (lambda f: progress(f, desc="sampling"))
-        out = self.renderer.transfer(photo, q, self._target(state), state["n"], opts, report)
+        out = self.renderer.transfer(photo, q, target, state["n"], opts, report)
         path = self._save_result(out, Path(photo.name).stem)
+        if progress is not None:
+            progress(0.99, desc=f"classical transfer ({ed.CLASSICAL[self.classical]})")
+        classical = ed.classical_transfer(photo, q, target, self.classical)
+        table = comparison_markdown(ed.scores(photo, q, target, out), ed.scores(photo, q, target, classical),
+                                    self.classical)
         h, w = out.shape[-2:]
-        return (f"rendered at {w}x{h}", _u8(photo.full_float), _u8(out), str(path))
+        return (f"rendered at {w}x{h}", _u8(photo.full_float), _u8(out), str(path), _u8(classical), table)
 
     def render_region(self, mode: str, grow: float, tolerance: float, color: str, cue: bool, sampler: str,
                       steps: Any, seed: Any, start: Any, guidance: Any, post_l: bool, state: dict,
@@ -262,7 +292,7 @@ class Page:
         out = self.renderer.recolor(photo, mask, fill, opts, report)
         path = self._save_result(out, Path(photo.name).stem + "_region")
         h, w = out.shape[-2:]
-        return (f"region rendered at {w}x{h}", _u8(photo.full_float), _u8(out), str(path))
+        return (f"region rendered at {w}x{h}", _u8(photo.full_float), _u8(out), str(path), None, NO_COMPARISON)
 
 
 def _guarded(fn: Callable[..., tuple], n_outputs: int) -> Callable[..., tuple]:
@@ -353,14 +383,17 @@ def build(page: Page) -> Any:
         render_btn = gr.Button("Render with the model", variant="primary", elem_id="render")
         with gr.Row():
             before = _image("source", "before")
-            after = _image("result", "result")
-        download = gr.File(label="download (PNG at the photo's own size)", interactive=False, elem_id="download")
+            after = _image("result (the model)", "result")
+            classical_img = _image(classical_label(page.classical), "classical")
+        comparison = gr.Markdown("", elem_id="comparison")
+        download = gr.File(label="download (the model's result, PNG at the photo's own size)", interactive=False,
+                           elem_id="download")
 
         def on(event: Callable, fn: Callable, inputs: list, outputs: list, **kwargs: Any) -> None:
             event(_guarded(fn, len(outputs)), inputs, outputs, **kwargs)
 
         view = [quantized, recolor_img, swatches, swatch, picker, hex_box]
-        load_out = [status, state, source, *view, before, after, region_img]
+        load_out = [status, state, source, *view, before, after, region_img, classical_img, comparison]
         on(upload.upload, page.load_upload, [upload, n, quantizer, state], load_out)
         on(sample.input, page.load_sample, [sample, n, quantizer, state], load_out)
         palette_out = [status, state, *view]
@@ -382,7 +415,7 @@ def build(page: Page) -> Any:
             on(control.input, page.region, region_in, [status, state, region_img])
 
         settings = [cue, sampler, steps, seed, start, guidance, post_l]
-        results = [status, before, after, download]
+        results = [status, before, after, download, classical_img, comparison]
         on(render_btn.click, page.render, [*settings, state], results, concurrency_limit=1)
         on(region_btn.click, page.render_region, [*region_in[:4], *settings, state], results, concurrency_limit=1)
     return demo

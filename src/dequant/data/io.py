@@ -471,7 +471,8 @@ def save_split(split: dict[str, Sequence[str | os.PathLike]], path: str | os.Pat
 
 
 def load_split(path: str | os.PathLike) -> dict[str, list[Path]]:
-    """Read a split written by `save_split`."""
+    """Read a split written by `save_split`; relative entries are relative to the split file's folder (so a split
+    shipped inside the package, such as the pretrained model's, names the package's photos wherever it is installed)."""
     p = Path(path)
     try:
         data = json.loads(p.read_text())
@@ -479,4 +480,4 @@ def load_split(path: str | os.PathLike) -> dict[str, list[Path]]:
         raise ValueError(f"path {str(p)!r} is not a readable split file: {err}") from err
     if not isinstance(data, dict) or any(not isinstance(data.get(k), list) for k in SPLITS):
         raise ValueError(f"path {str(p)!r}: a split file must hold lists under {list(SPLITS)}")
-    return {k: [Path(x) for x in data[k]] for k in SPLITS}
+    return {k: [Path(x) if Path(x).is_absolute() else p.parent / x for x in data[k]] for k in SPLITS}

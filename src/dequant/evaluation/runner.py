@@ -1,9 +1,10 @@
 """The evaluation run behind `evaluate.py`: the authors' five tests (SPEC 5) on held-out images, model and baselines.
 
 What it does, from a composed `conf/evaluate.yaml`:
-1. loads the model (`ckpt_path`: a Lightning checkpoint or a `dequant-export` folder) and reads from its training
-   config the texture cue (`cond`), the quantizer, the palette matching, the sampler and the crop size (each can be
-   overridden: `quantizer=kmeans`, `matching=neg`, `sampler=ddim sampler.steps=10`, `data.image_size=128`);
+1. loads the model (`ckpt_path`: a Lightning checkpoint, a `dequant-export` folder or `pretrained`, the model
+   shipped in the package) and reads from its training config the texture cue (`cond`), the quantizer, the palette
+   matching, the sampler and the crop size (each can be overridden: `quantizer=kmeans`, `matching=neg`,
+   `sampler=ddim sampler.steps=10`, `data.image_size=128`);
 2. takes the held-out images: `data.paths` if given, else the checkpoint run's test split (`split.json` next to the
    run, or recomputed from the training config), falling back to the validation split when the test split is
    empty; each image is resized (short side = image size, bicubic or area when shrinking > 2x) and center-cropped;
@@ -69,14 +70,15 @@ class Baseline:
 
 
 def check_ckpt_path(cfg: DictConfig) -> str:
-    """`ckpt_path` from the config; missing or empty is a ValueError saying how to pass it."""
+    """`ckpt_path` from the config as a path to load (`pretrained`: the shipped model, checked against its
+    SHA256SUMS); missing, empty or naming nothing is a ValueError saying how to pass it."""
+    from dequant.models.pretrained import resolve_model
+
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
         raise ValueError("ckpt_path is required: python evaluate.py ckpt_path=<run>/checkpoints/last.ckpt "
-                         "(a Lightning checkpoint from train.py or a folder from dequant-export)")
-    path = Path(str(cfg.ckpt_path))
-    if not path.exists():
-        raise ValueError(f"ckpt_path: {path} does not exist")
-    return str(path)
+                         "(a Lightning checkpoint from train.py or a folder from dequant-export), or "
+                         "ckpt_path=pretrained (the model shipped in the package)")
+    return resolve_model(str(cfg.ckpt_path), what="ckpt_path")
 
 
 def _fields(node: Mapping[str, Any]) -> dict[str, Any]:

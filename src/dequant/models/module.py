@@ -37,6 +37,7 @@ from dequant.color.hint import COLOR, HINT_CHANNELS
 from dequant.models.ema import EMA
 from dequant.models.formulations import Formulation, as_formulation, diffusion_targets
 from dequant.models.metrics import PSNR, SSIM, ImageMean, PaletteDeltaE, PatchDeltaE, Speckle, TextureCorrelation
+from dequant.models.pretrained import PRETRAINED, resolve_model
 from dequant.models.ranges import from_model_range, to_model_range
 from dequant.models.sampling import SamplerSpec, as_sampler_spec, image_generators
 
@@ -614,7 +615,10 @@ def build_module(cfg: Mapping, source: str, node: Mapping | None = None) -> "Deq
 def load_model(
     path: str | Path, map_location: str | torch.device = "cpu", expected_config: Mapping | None = None
 ) -> DequantModule:
-    """Rebuild a DequantModule from a Lightning checkpoint written by it (weights, EMA and run config)."""
+    """Rebuild a DequantModule from a Lightning checkpoint written by it (weights, EMA and run config), a
+    dequant-export folder, or `"pretrained"`: the model shipped in the package."""
+    if str(path) == PRETRAINED:
+        path = resolve_model(path, what="path")  # checked against its SHA256SUMS first
     path = Path(path)
     if not path.exists():
         raise ValueError(f"path {str(path)!r} does not exist")
