@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     """Print (and optionally write) the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt", type=Path, help="Lightning checkpoint (.ckpt) or a dequant-export folder")
-    parser.add_argument("--images", default=default_images(), help="held-out photos (glob; default: %(default)s)")
+    parser.add_argument("--images", nargs="+", default=[default_images()],
+                        help="held-out photos: globs, files or folders (default: %(default)s)")
     parser.add_argument("--scales", type=_int_list, default=[1, 2, 4],
                         help="sizes in training crop sizes (default 1,2,4)")
     parser.add_argument("--colors", type=_int_list, default=[64, 16, 4], help="r test N values (default 64,16,4)")
@@ -166,14 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--colors: the r test has N in {[s.n_colors for s in settings('r')]}, got {bad}")
     files = list_images(args.images)[: args.max_images]
     if not files:
-        parser.error(f"--images {args.images!r}: no images")
+        parser.error(f"--images {' '.join(args.images)}: no images")
     try:
         rows, head = bench(args.ckpt, files, args.scales, args.colors, args.tile, args.seed)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     text = (f"Render size on the r test (median cut, texture given): {shown(args.ckpt)}, {head['images']} photos "
-            f"({shown(args.images)}), training size {head['crop']} px; {head['formulation']}, sampler {head['sampler']}, "
+            f"({', '.join(shown(i) for i in args.images)}), training size {head['crop']} px; {head['formulation']}, "
+            f"sampler {head['sampler']}, "
             f"{head['network_evaluations']} network evaluations per call; native tiles {head['tile']} px (overlap "
             f"{head['tile'] // 4}, whole image up to {head['tile']}x{head['tile']}); {head['threads']} torch "
             f"threads, seed {args.seed}.\n\n" + table(rows) + "\n")

@@ -257,7 +257,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if trainer.is_global_zero and str(cfg.trainer.get("accelerator")) == "cpu":
         from dequant.hardware import describe_cpu_precision
 
-        log.info(describe_cpu_precision(str(cfg.trainer.precision)))
+        # The trainer's own precision: a plugin (MixedPrecision) may have set it instead of trainer.precision.
+        log.info(describe_cpu_precision(str(trainer.precision)))
     if trainer.is_global_zero:
         from dequant.wandb_run import log_run_info, run_info
 
