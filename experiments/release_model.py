@@ -20,7 +20,6 @@ The weights must stay under 20 MB (the package's size budget).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -57,23 +56,22 @@ def _git(*args: str) -> str:
 
 
 def _training_facts(run_dir: Path) -> dict[str, Any]:
-    """Steps, precision and training wall time from the run's train.log and csv metrics."""
+    """Steps, precision, sittings and training wall time from the run's train.log."""
     facts: dict[str, Any] = {}
     log = (run_dir / "train.log").read_text() if (run_dir / "train.log").is_file() else ""
-    stamps = re.findall(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+\]", log, flags=re.M)
-    # Wall time summed over sittings: a gap of more than 10 minutes between log lines is a pause between them.
-    times = [datetime.strptime(s, "%Y-%m-%d %H:%M:%S") for s in stamps]
-    facts["wall_min"] = sum(min((b - a).total_seconds(), 600) for a, b in zip(times, times[1:])) / 60
-    facts["sittings"] = 1 + sum((b - a).total_seconds() > 600 for a, b in zip(times, times[1:]))
+    stamp = r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+\]"
+    lines = [(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"), line)
+             for line in log.splitlines() if (m := re.match(stamp, line))]
+    # A sitting starts with the precision line every CPU run logs and ends at the last line before the next start.
+    starts = [i for i, (_, line) in enumerate(lines) if " on the CPU: " in line] or [0]
+    ends = [j - 1 for j in starts[1:]] + [len(lines) - 1]
+    facts["sittings"] = len(starts)
+    facts["wall_min"] = sum((lines[e][0] - lines[b][0]).total_seconds() for b, e in zip(starts, ends)) / 60 \
+        if lines else 0.0
     found = re.findall(r"precision (\S+) on the CPU: (.*)$", log, flags=re.M)
     facts["precision"] = f"{found[-1][0]} ({found[-1][1]})" if found else "not logged"
     finished = re.findall(r"training finished at step (\d+)", log)
     facts["steps"] = int(finished[-1]) if finished else None
-    rows = []
-    for path in sorted((run_dir / "csv").glob("**/metrics*.csv")):
-        with path.open() as f:
-            rows += [r for r in csv.DictReader(f) if r.get("train/loss")]
-    facts["final_loss"] = float(rows[-1]["train/loss"]) if rows else None
     return facts
 
 
@@ -110,7 +108,7 @@ def card(run_dir: Path, cfg: dict[str, Any], split: dict[str, list[str]], eval_m
         "",
         "## Recipe",
         f"- command: `{command}` (then `python experiments/release_model.py outputs/release_cpu ...`)",
-        f"- commit: `{_git('rev-parse', 'HEAD')}`",
+        f"- commit (of the checkout that exported it): `{_git('rev-parse', 'HEAD')}`",
         f"- steps: {facts['steps']}; precision: {facts['precision']}; training wall time: "
         f"{facts['wall_min']:.0f} min on 2 CPU cores in {facts['sittings']} sitting(s)",
         f"- network: `{module['net']['_target_']}`, {weight_bytes / 1e6:.1f} MB of fp32 weights (safetensors); "
@@ -134,15 +132,23 @@ def card(run_dir: Path, cfg: dict[str, Any], split: dict[str, list[str]], eval_m
     if curve is not None:
         lines += ["## Learning curve", f"Every 1000 steps on the held-out photos: `{curve}`.", ""]
     if bench_md:
-        lines += ["## Time and memory at a photo's size", bench_md.strip(), ""]
+        wall = re.search(r"\| wall s, median / max \| ([\d.]+)", bench_md)
+        mp = re.search(r"\| megapixels \| ([\d.]+)", bench_md)
+        per_mp = (f"{float(wall.group(1)) / float(mp.group(1)):.1f} s per megapixel of photo on one core (the "
+                  "whole command: load, quantize, render at `--max-side` 1024, resize back, write)"
+                  if wall and mp else "see the table")
+        lines += ["## Time and memory at a photo's size", f"Time per megapixel: {per_mp}.", "", bench_md.strip(), ""]
     return "\n".join(lines)
 
 
 def _eval_table(eval_dir: Path) -> str:
-    """The evaluation's markdown without its title, with the checkout's folder taken off paths."""
-    text = (eval_dir / "metrics.md").read_text()
-    text = re.sub(r"^# .*\n", "", text, count=1)
-    return text.replace(str(ROOT) + "/", "")
+    """The evaluation's notes and its per-setting key metrics (the full table stays in EVAL_DIR/metrics.md), with
+    the checkout's folder taken off paths."""
+    text = (eval_dir / "metrics.md").read_text().replace(str(ROOT) + "/", "")
+    head, _, rest = text.partition("\n## Per setting: key metrics\n")
+    head = re.sub(r"^# .*\n", "", head, count=1)
+    key = rest.split("\n## ", 1)[0]
+    return head.strip() + "\n\n### Per setting: key metrics\n" + key.replace("\n### ", "\n#### ")
 
 
 def release(run_dir: Path, eval_dir: Path, curve: Path | None, bench: Path | None, command: str,
@@ -166,7 +172,7 @@ def release(run_dir: Path, eval_dir: Path, curve: Path | None, bench: Path | Non
         bench_md = bench.read_text() if bench is not None else None
         (staged / "MODEL_CARD.md").write_text(
             card(run_dir, cfg, split, _eval_table(eval_dir), curve, bench_md, command, weights))
-        for path in staged.rglob("*"):
+        for path in [staged, *staged.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         write_sha256sums(staged)
         if out.exists():

@@ -285,3 +285,57 @@ def test_edit_and_render_in_the_browser(app, browser, tiny_photos: list[Path], t
     finally:
         context.close()
         del model.render
+
+
+def test_the_installed_command_serves_the_shipped_model(browser, tmp_path: Path) -> None:
+    """`dequant-app` with no --ckpt (what `make app` runs right after `make install`): the installed console script
+    serves the shipped model, and a shipped photo rendered in another palette comes back at the photo's size."""
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    log = tmp_path / "app.log"
+    exe = Path(sys.executable).with_name("dequant-app")
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(exe), "--port", str(port), "--max-side", "96"], stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "dequant-app did not answer within 240 s:\n" + log.read_text()[-2000:]
+            time.sleep(1)
+        assert "assets/pretrained on cpu" in log.read_text(), log.read_text()[-2000:]
+
+        from dequant.config import assets_path
+
+        photo = Path(assets_path("images")) / "flower.jpg"
+        size = Image.open(photo).size
+        context = browser.new_context(viewport={"width": 1280, "height": 1300}, accept_downloads=True)
+        page = context.new_page()
+        try:
+            page.goto(url, timeout=STEP_MS)
+            page.locator("#upload").wait_for(timeout=STEP_MS)
+            _upload(page, photo)
+            _status(page, f"{size[0]}x{size[1]}")
+            page.locator("#hex textarea, #hex input").first.fill("#1f6f8b")
+            page.locator("#set-swatch").click()
+            _status(page, "swatch 1 is now #1f6f8b")
+            result, classical = _render_and_download(page, tmp_path / "shipped.png")
+            page.screenshot(path=tmp_path / "shipped_model.png", full_page=True)
+        finally:
+            context.close()
+        assert result.size == classical.size == size
+        rendered = np.asarray(result.convert("RGB"), dtype=np.float32)
+        source = np.asarray(Image.open(photo).convert("RGB"), dtype=np.float32)
+        assert np.abs(rendered - source).mean() > 2.0  # the palette changed: not the photo handed back
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
