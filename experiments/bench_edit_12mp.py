@@ -37,8 +37,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
+
+from dequant.config import assets_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 60.0
@@ -52,7 +54,7 @@ def package_photo(name: str) -> Path:
     given = Path(name)
     if given.is_file():
         return given
-    assets = Path(str(resources.files("dequant") / "assets"))
+    assets = Path(assets_path("images")).parent
     for folder in ("images", "heldout_photos", "train_photos"):
         if (assets / folder / name).is_file():
             return assets / folder / name
